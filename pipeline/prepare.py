@@ -1,0 +1,39 @@
+"""Stage prepare: GLUE TSVs -> per-task train / select / eval JSONL splits."""
+import argparse
+import json
+from pathlib import Path
+
+import mlflow
+
+from condpdiff.config import DataSource, load_params
+from condpdiff.glue import TASK_SPECS, make_splits, read_hub, read_tsv, write_jsonl
+from condpdiff.tracking import stage_run
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--params", default="params.yaml")
+parser.add_argument("--glue", type=Path, required=True)
+parser.add_argument("--out", type=Path, required=True)
+args = parser.parse_args()
+params = load_params(args.params)
+data = params.data
+
+with stage_run("prepare", params, ("data", "seed")) as run:
+    sizes = {}
+    for task in data.tasks:
+        spec = TASK_SPECS[task]
+        if data.source is DataSource.hub:
+            train, dev = read_hub(spec, "train"), read_hub(spec, "validation")
+        else:
+            dev = read_tsv(args.glue / spec.folder / "dev.tsv", spec)
+            train_file = args.glue / spec.folder / "train.tsv"
+            train = read_tsv(train_file, spec) if train_file.exists() else None  # QNLI offline: dev only
+        splits = make_splits(train, dev, task, params.seed, data.train_cap, data.select_size, data.eval_cap,
+                             data.qnli_select, data.qnli_eval)
+        for name, examples in splits.items():
+            write_jsonl(args.out / task / f"{name}.jsonl", examples)
+        sizes[task] = {name: len(examples) for name, examples in splits.items()}
+        sizes[task]["carved_from_dev"] = train is None
+    (args.out / "sizes.json").write_text(json.dumps(sizes, indent=1))
+
+    mlflow.log_dict(sizes, "sizes.json")
+    print(json.dumps(sizes))

@@ -1,0 +1,107 @@
+"""Task conditions: the text of a task (description, optionally with two examples) and its
+embedding by a pretrained text encoder; or one-hot / learned ids as ablations."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+import yaml
+
+from condpdiff.config import BaseModelConfig, ConditionsConfig, ConditionType
+from condpdiff.glue import Example
+
+
+def read_descriptions(path: Path) -> dict[str, dict]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"task description file missing: {path}")
+    return yaml.safe_load(Path(path).read_text())
+
+
+def format_example(example: Example, labels: list[str] | None) -> str:
+    text = example.text_a if example.text_b is None else f"{example.text_a} [SEP] {example.text_b}"
+    answer = f"{example.label:.1f}" if labels is None else labels[int(example.label)]
+    return f"Example: {text} -> {answer}."
+
+
+def condition_text(
+    description: str, labels: list[str] | None, train: list[Example], examples: int, seed: int
+) -> str:
+    """The description, plus `examples` training examples drawn by seed (text_fewshot)."""
+    if examples == 0:
+        return description
+    drawn = random.Random(seed).sample(train, examples)
+    return " ".join([description, *(format_example(e, labels) for e in drawn)])
+
+
+class MiniLMTextEncoder:
+    """all-MiniLM-L6-v2 as a sentence encoder: mean pooling over tokens, L2-normalized."""
+
+    def __init__(self, base: BaseModelConfig):
+        from transformers import AutoModel, AutoTokenizer
+
+        from condpdiff.lora import base_model_path
+
+        path = base_model_path("minilm")
+        self.name = "sentence-transformers/all-MiniLM-L6-v2"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        tokens = self.model(**inputs).last_hidden_state  # (B, T, H)
+        mask = inputs["attention_mask"][:, :, None].float()
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+class OpenClipTextEncoder:
+    """open_clip's text tower, from a local weights file the user gives (no download)."""
+
+    def __init__(self, model_name: str, weights: str | None):
+        import open_clip
+
+        if weights is None or not Path(weights).is_file():
+            raise FileNotFoundError(f"conditions.clip_weights: CLIP weights file not found: {weights}")
+        self.name = f"open_clip:{model_name}"
+        self.model = open_clip.create_model(model_name, pretrained=weights).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.model.encode_text(self.tokenizer(texts)).float(), dim=-1)
+
+
+def make_text_encoder(cfg: ConditionsConfig, base: BaseModelConfig):
+    if cfg.encoder == "open_clip":
+        return OpenClipTextEncoder(cfg.clip_model, cfg.clip_weights)
+    return MiniLMTextEncoder(base)
+
+
+def build_conditions(
+    cfg: ConditionsConfig,
+    base: BaseModelConfig,
+    tasks: list[str],
+    train: dict[str, list[Example]],
+    seed: int,
+) -> tuple[torch.Tensor, list[str], str]:
+    """One condition vector per task (T, D), the texts behind them and the encoder's name."""
+    if cfg.type in (ConditionType.onehot, ConditionType.learned):
+        return torch.eye(len(tasks)), [f"{cfg.type.value}:{t}" for t in tasks], cfg.type.value
+    descriptions = read_descriptions(Path(cfg.descriptions))
+    missing = [t for t in tasks if t not in descriptions]
+    if missing:
+        raise KeyError(f"{cfg.descriptions}: no description for task(s) {missing}")
+    examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
+    texts = [
+        condition_text(descriptions[t]["description"], descriptions[t].get("labels"), train[t], examples,
+                       seed=hash_seed(seed, t))
+        for t in tasks
+    ]
+    encoder = make_text_encoder(cfg, base)
+    return encoder.encode(texts), texts, encoder.name
+
+
+def hash_seed(seed: int, task: str) -> int:
+    return seed * 1000 + sum(ord(c) for c in task)

@@ -1,0 +1,102 @@
+"""The conditional denoiser: a 1D-conv U-Net over latents.
+
+Every sample carries its own timestep: the embedding is (B, E) and is added to sample b's
+feature maps only. (The official Cond P-Diff code embedded one timestep for the whole
+batch; `tests/test_denoiser.py` guards against that bug.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class DenoiserSpec:
+    in_channels: int
+    condition_dim: int  # width of the condition vector (one-hot: number of tasks)
+    channels: tuple[int, ...] = (64, 128, 256)
+    embed_dim: int = 128
+    learned_condition: bool = False  # condition vectors are one-hot ids into a learned table
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps. t (B,) -> (B, dim)"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, embed_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, c_in), c_in)
+        self.conv1 = nn.Conv1d(c_in, c_out, 3, padding=1)
+        self.embed = nn.Linear(embed_dim, c_out)
+        self.norm2 = nn.GroupNorm(min(8, c_out), c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C, L)
+        h = h + self.embed(emb)[:, :, None]  # per-sample shift: (B, C, 1)
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class Denoiser(nn.Module):
+    """Predicts the noise in x_t given t and a condition vector."""
+
+    def __init__(self, spec: DenoiserSpec):
+        super().__init__()
+        self.spec = spec
+        e = spec.embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+        if spec.learned_condition:
+            self.condition_table = nn.Parameter(torch.randn(spec.condition_dim, e) * 0.02)
+            self.condition_mlp = nn.Sequential(nn.SiLU(), nn.Linear(e, e))
+        else:
+            self.condition_mlp = nn.Sequential(nn.Linear(spec.condition_dim, e), nn.SiLU(), nn.Linear(e, e))
+        widths = spec.channels
+        self.stem = nn.Conv1d(spec.in_channels, widths[0], 3, padding=1)
+        self.down = nn.ModuleList(ResidualBlock(a, b, e) for a, b in zip(widths[:1] + widths[:-1], widths))
+        self.pool = nn.ModuleList(nn.Conv1d(w, w, 3, stride=2, padding=1) for w in widths[:-1])
+        self.middle = ResidualBlock(widths[-1], widths[-1], e)
+        self.up = nn.ModuleList(ResidualBlock(2 * w, w_out, e) for w, w_out in
+                                zip(reversed(widths), list(reversed(widths))[1:] + [widths[0]]))
+        self.unpool = nn.ModuleList(nn.ConvTranspose1d(w, w, 2, stride=2) for w in reversed(widths[:-1]))
+        self.head = nn.Sequential(nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU(),
+                                  nn.Conv1d(widths[0], spec.in_channels, 3, padding=1))
+
+    def embed(self, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """t (B,), condition (B, D) -> (B, E)"""
+        time = self.time_mlp(timestep_embedding(t, self.spec.embed_dim))
+        if self.spec.learned_condition:
+            return time + self.condition_mlp(condition @ self.condition_table)
+        return time + self.condition_mlp(condition)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """x (B, C, L), t (B,), condition (B, D) -> (B, C, L)"""
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        length = x.shape[-1]
+        factor = 2 ** (len(self.spec.channels) - 1)
+        x = F.pad(x, (0, (-length) % factor))
+        emb = self.embed(t, condition)
+        h = self.stem(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.pool):
+                h = self.pool[i](h)
+        h = self.middle(h, emb)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i < len(self.unpool):
+                h = self.unpool[i](h)
+        return self.head(h)[:, :, :length]

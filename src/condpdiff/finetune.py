@@ -1,0 +1,112 @@
+"""LoRA fine-tuning that keeps the last N checkpoints, and batched scoring.
+
+Knows nothing of logging: progress goes through the `on_step(step, metrics)` callback.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from condpdiff.config import CollectConfig
+from condpdiff.glue import TASK_SPECS, Example, compute_metrics
+from condpdiff.lora import Layout, flatten_model, load_vector
+
+STSB_SCALE = 5.0  # STS-B scores live in [0, 5]; the head regresses score / 5
+
+
+def encode(tokenizer, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
+    first = [e.text_a for e in examples]
+    second = [e.text_b for e in examples] if examples[0].text_b is not None else None
+    return tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
+def label_tensor(task: str, examples: list[Example]) -> torch.Tensor:
+    if TASK_SPECS[task].num_labels == 1:
+        return torch.tensor([e.label / STSB_SCALE for e in examples], dtype=torch.float32)
+    return torch.tensor([int(e.label) for e in examples], dtype=torch.long)
+
+
+def kept_steps(cfg: CollectConfig) -> list[int]:
+    """The optimizer steps (1-based) whose weights enter the corpus: the last N, `stride` apart."""
+    return [cfg.steps - i * cfg.stride for i in reversed(range(cfg.keep_last))]
+
+
+def finetune_and_collect(
+    model,
+    tokenizer,
+    task: str,
+    train: list[Example],
+    cfg: CollectConfig,
+    layout: Layout,
+    max_length: int,
+    seed: int,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """Train LoRA + head; return the kept flat vectors (N, L) and their steps."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    head_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": lora_params, "lr": cfg.lr_lora}, {"params": head_params, "lr": cfg.lr_head}],
+        weight_decay=cfg.weight_decay,
+    )
+    # linear warm-up, then constant: the kept checkpoints sample the end of training, not a decayed point
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    keep = set(kept_steps(cfg))
+    order: list[int] = []
+    kept, kept_at = [], []
+    model.train()
+    for step in tqdm(range(1, cfg.steps + 1), desc=f"fine-tune {task}", leave=False):
+        if len(order) < cfg.batch_size:
+            fresh = list(range(len(train)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        batch = [train[i] for i in order[:cfg.batch_size]]
+        del order[:cfg.batch_size]
+        inputs = encode(tokenizer, batch, max_length)
+        loss = model(**inputs, labels=label_tensor(task, batch)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{task}: loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step in keep:
+            kept.append(flatten_model(model, layout))
+            kept_at.append(step)
+        if on_step is not None and (step % 10 == 0 or step == cfg.steps):
+            on_step(step, {"train_loss": loss.item()})
+    model.eval()
+    return torch.stack(kept), kept_at
+
+
+@torch.inference_mode()
+def predict(model, tokenizer, task: str, examples: list[Example], batch_size: int, max_length: int) -> np.ndarray:
+    """Class ids, or STS-B scores on the 0-5 scale. Batches are length-sorted for speed."""
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+    outputs = np.zeros(len(examples), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        logits = model(**encode(tokenizer, [examples[i] for i in index], max_length)).logits
+        if TASK_SPECS[task].num_labels == 1:
+            outputs[index] = logits[:, 0].double().numpy() * STSB_SCALE
+        else:
+            outputs[index] = logits.argmax(dim=-1).double().numpy()
+    return outputs
+
+
+def score_vector(
+    model, tokenizer, task: str, vector: torch.Tensor, layout: Layout, examples: list[Example],
+    batch_size: int, max_length: int,
+) -> dict[str, float]:
+    """Load a flat vector into the model and compute every metric of the task on `examples`."""
+    load_vector(model, vector, layout)
+    predictions = predict(model, tokenizer, task, examples, batch_size, max_length)
+    labels = np.array([e.label for e in examples], dtype=np.float64)
+    return compute_metrics(task, predictions, labels)

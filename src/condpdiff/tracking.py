@@ -1,0 +1,90 @@
+"""MLflow glue: one run per DVC stage, nested runs inside, FAILED on any error.
+
+The store defaults to `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
+`<repo>/mlruns/artifacts`, where <repo> is the main repository even when DVC runs a stage
+in a temporary experiment folder (`.dvc/tmp/exps/...`). `MLFLOW_TRACKING_URI` overrides.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+
+from condpdiff.config import Params, flatten_dict, params_hash, params_to_dict
+
+EXPERIMENT = "condpdiff"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The main repository, also from inside DVC's temporary experiment folders."""
+    path = (start or Path.cwd()).resolve()
+    parts = path.parts
+    if ".dvc" in parts:  # <repo>/.dvc/tmp/exps/<run>/...: the workspace DVC copied from
+        return Path(*parts[: parts.index(".dvc")])
+    for candidate in (path, *path.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / ".git").exists():
+            return candidate
+    return path
+
+
+def tracking_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = repo_root() / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def setup_experiment(name: str = EXPERIMENT) -> str:
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        artifacts = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            artifacts = (repo_root() / "mlruns" / "artifacts").as_uri()
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+    return experiment.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run for one DVC stage, tagged so a whole `dvc repro` can be grouped."""
+    experiment_id = setup_experiment()
+    tags = {
+        "stage": stage,
+        "git_commit": git_commit(),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "pipeline_id": params_hash(params),
+        "norm": params.norm.value,
+    }
+    everything = params_to_dict(params)
+    logged = {k: v for k, v in flatten_dict(everything).items() if k.split(".")[0] in sections}
+    with mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=tags) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in logged.items()})
+        yield run  # ActiveRun.__exit__ ends the run FAILED if the stage raises
+
+
+@contextlib.contextmanager
+def nested_run(name: str, **tags: str) -> Iterator[mlflow.ActiveRun]:
+    with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
+        yield run
+
+
+def metric_logger(prefix: str = ""):
+    """An `on_step(step, metrics)` callback that logs to the active run."""
+
+    def on_step(step: int, metrics: dict) -> None:
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
+
+    return on_step

@@ -1,0 +1,66 @@
+"""The autoencoder and the denoiser, on tiny shapes."""
+import torch
+
+from condpdiff.autoencoder import Autoencoder, AutoencoderSpec
+from condpdiff.denoiser import Denoiser, DenoiserSpec
+from condpdiff.diffusion import make_scheduler, q_sample
+
+
+def test_autoencoder_shapes_for_length_not_divisible_by_stride():
+    spec = AutoencoderSpec(length=1001, channels=(4, 8), latent_channels=3, stride=4)
+    model = Autoencoder(spec).eval()
+    x = torch.randn(5, 1001)
+    z = model.encode(x)
+    assert z.shape == (5, 3, 1008 // 16) == (5, *spec.latent_shape)
+    assert model.decode(z).shape == (5, 1001)
+    assert model(x).shape == (5, 1001)
+
+
+def test_autoencoder_encode_decode_add_no_noise():
+    model = Autoencoder(AutoencoderSpec(length=64, channels=(4,), latent_channels=2, stride=4,
+                                        input_noise=1.0, latent_noise=1.0)).eval()
+    x = torch.randn(3, 64)
+    assert torch.equal(model.decode(model.encode(x)), model.decode(model.encode(x)))
+
+
+def _denoiser(learned=False):
+    torch.manual_seed(0)
+    return Denoiser(DenoiserSpec(in_channels=3, condition_dim=5, channels=(8, 16), embed_dim=16,
+                                 learned_condition=learned)).eval()
+
+
+def test_each_sample_has_its_own_timestep():
+    """Output i changes when t_i changes, and not when t_j (j != i) changes."""
+    model = _denoiser()
+    x, condition = torch.randn(4, 3, 10), torch.randn(4, 5)
+    t = torch.tensor([10, 200, 500, 900])
+    with torch.no_grad():
+        before = model(x, t, condition)
+        t2 = t.clone()
+        t2[1] = 999
+        after = model(x, t2, condition)
+    assert not torch.allclose(before[1], after[1])
+    for j in (0, 2, 3):
+        torch.testing.assert_close(before[j], after[j], rtol=0, atol=1e-6)
+
+
+def test_condition_changes_the_output_per_sample():
+    for learned in (False, True):
+        model = _denoiser(learned)
+        x, t = torch.randn(2, 3, 10), torch.tensor([5, 5])
+        condition = torch.eye(5)[:2]
+        with torch.no_grad():
+            a = model(x, t, condition)
+            b = model(x, t, torch.eye(5)[[0, 3]])
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)
+        assert not torch.allclose(a[1], b[1])
+
+
+def test_q_sample_at_t0_is_almost_x0():
+    scheduler = make_scheduler(1000, "linear")
+    x0, noise = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    xt = q_sample(scheduler, x0, noise, torch.tensor([0, 0]))
+    # beta_1 = 1e-4: x_1 differs from x0 by about 1% of the noise
+    assert (xt - x0).abs().max() < 0.05
+    far = q_sample(scheduler, x0, noise, torch.tensor([999, 999]))
+    assert torch.allclose(far, noise, atol=0.05)

@@ -1,0 +1,38 @@
+"""MLflow glue: the store resolves to the main repo, and a failing stage leaves its run FAILED."""
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from condpdiff.config import Params
+from condpdiff.tracking import repo_root, stage_run, tracking_uri
+
+
+def test_repo_root_from_inside_a_dvc_temp_experiment(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    inner = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123" / "pipeline"
+    inner.mkdir(parents=True)
+    assert repo_root(inner) == tmp_path
+    assert repo_root(tmp_path) == tmp_path
+
+
+def test_default_store_is_sqlite_in_the_repo(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"
+
+
+def test_failing_stage_is_marked_failed_and_tagged():
+    with pytest.raises(RuntimeError, match="boom"):
+        with stage_run("unit-test-stage", Params(), ("norm",)) as run:
+            run_id = run.info.run_id
+            raise RuntimeError("boom")
+    finished = mlflow.get_run(run_id)
+    assert finished.info.status == "FAILED"
+    assert finished.data.tags["stage"] == "unit-test-stage"
+    assert {"git_commit", "dvc_experiment", "pipeline_id"} <= set(finished.data.tags)
+    assert finished.data.params["norm"] == "task"
+    with stage_run("unit-test-ok", Params(), ("norm",)) as run:
+        ok_id = run.info.run_id
+    assert mlflow.get_run(ok_id).info.status == "FINISHED"
