@@ -76,11 +76,11 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class CollectConfig:
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 16
-    lr_lora: float = 3e-3
+    lr_lora: float = 1e-3
     lr_head: float = 3e-3
-    warmup_steps: int = 30
+    warmup_steps: int = 40
     weight_decay: float = 0.0
     keep_last: int = 100
     stride: int = 1
@@ -90,12 +90,12 @@ class CollectConfig:
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    latent_channels: int = 8
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    latent_channels: int = 16
     stride: int = 4
     input_noise: float = 0.001
     latent_noise: float = 0.001
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 1e-3
 
@@ -115,9 +115,9 @@ class ConditionsConfig:
 class DiffusionConfig:
     timesteps: int = 1000
     beta_schedule: str = "linear"
-    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     embed_dim: int = 128
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
 

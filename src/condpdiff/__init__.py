@@ -1,0 +1,1 @@
+"""Conditional LoRA parameter generation (Cond P-Diff): library behind the DVC pipeline."""
