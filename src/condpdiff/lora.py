@@ -52,8 +52,13 @@ def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
     )
 
 
+MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def build_peft_model(base: BaseModelConfig, lora: LoraConfig, num_labels: int, seed: int):
     model = get_peft_model(load_base_model(base, num_labels, seed), peft_lora_config(lora))
+    if base.name == "minilm":  # a portable name in adapter_config.json, not this machine's site-packages path
+        model.peft_config["default"].base_model_name_or_path = MINILM_HUB_NAME
     torch.manual_seed(seed)
     return model
 
@@ -129,7 +134,7 @@ def load_vector(model, vector: torch.Tensor, layout: Layout) -> None:
 def write_adapter(model, vector: torch.Tensor, layout: Layout, directory: Path) -> None:
     """A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
     load_vector(model, vector, layout)
-    model.save_pretrained(str(directory))
+    model.save_pretrained(str(directory), save_embedding_layers=False)  # no hub lookup: embeddings are never tuned here
 
 
 def load_adapter(base: BaseModelConfig, num_labels: int, directory: Path, seed: int):

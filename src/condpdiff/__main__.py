@@ -1,0 +1,5 @@
+import sys
+
+from condpdiff.cli import main
+
+sys.exit(main())

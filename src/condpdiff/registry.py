@@ -1,0 +1,127 @@
+"""The generator as an MLflow model: pyfunc wrapper, registration and gated promotion (aliases)."""
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from condpdiff.bundle import GeneratorBundle, Request, write_bundle
+from condpdiff.config import Params
+
+MODEL_NAME = "condpdiff-generator"
+SELECT_METRIC = "select_average_generated_best"  # promotion compares this, never an eval score
+
+INPUT_SCHEMA = Schema([
+    ColSpec("string", "task", required=False), ColSpec("string", "description", required=False),
+    ColSpec("string", "examples", required=False),  # JSON list of strings
+    ColSpec("long", "num_labels", required=False), ColSpec("string", "stats_task", required=False),
+    ColSpec("long", "num_samples", required=False), ColSpec("long", "seed", required=False),
+    ColSpec("string", "sampler", required=False), ColSpec("long", "steps", required=False),
+])
+OUTPUT_SCHEMA = Schema([
+    ColSpec("long", "row"), ColSpec("long", "sample"), ColSpec("string", "adapter_config"),
+    ColSpec("string", "adapter_model_safetensors_b64"),
+])
+
+
+def _value(row: pd.Series, name: str, default=None):
+    value = row.get(name, default)
+    return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def request_from_row(row: pd.Series) -> Request:
+    examples = _value(row, "examples")
+    return Request(
+        task=_value(row, "task"), description=_value(row, "description"),
+        examples=json.loads(examples) if isinstance(examples, str) else examples,
+        num_labels=int(_value(row, "num_labels", 2)), stats_task=_value(row, "stats_task"),
+        num_samples=int(_value(row, "num_samples", 1)), seed=int(_value(row, "seed", 0)),
+        sampler=_value(row, "sampler"), steps=None if _value(row, "steps") is None else int(row["steps"]),
+    )
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """Input: one condition per row. Output: one row per generated adapter."""
+
+    def load_context(self, context) -> None:
+        self.bundle = GeneratorBundle(Path(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        requests = [request_from_row(row) for _, row in model_input.iterrows()]
+        for request in requests:  # check every row before generating anything
+            self.bundle.check(request)
+        rows = []
+        for i, request in enumerate(requests):
+            for k, files in enumerate(self.bundle.adapter_files(request)):
+                rows.append({"row": i, "sample": k, "adapter_config": files["adapter_config.json"].decode(),
+                             "adapter_model_safetensors_b64": base64.b64encode(files["adapter_model.safetensors"]).decode()})
+        return pd.DataFrame(rows)
+
+
+def register_generator(params: Params, outputs: dict[str, Path], encoder: str, metrics: dict, tags: dict) -> str:
+    """Log the bundle as a pyfunc model, register a new version, tag it and point `candidate` at it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        write_bundle(bundle, params, outputs, encoder)
+        info = mlflow.pyfunc.log_model(
+            name="generator", python_model=GeneratorModel(), artifacts={"bundle": str(bundle)},
+            signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA),
+            registered_model_name=MODEL_NAME, pip_requirements=_requirements(),
+        )
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    flat = {f"{split}_{key}": value for split in metrics for key, value in metrics[split].items()}
+    for key, value in {**tags, **{k: f"{v:.4f}" for k, v in flat.items()}}.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, str(value))
+    client.set_registered_model_alias(MODEL_NAME, "candidate", version)
+    return version
+
+
+def _requirements() -> list[str]:
+    root = Path(__file__).resolve().parents[2] / "requirements.txt"
+    if not root.is_file():
+        return []
+    return [line.split("#")[0].strip() for line in root.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+class PromotionRefused(RuntimeError):
+    pass
+
+
+def _select_score(client, version) -> float:
+    value = version.tags.get(SELECT_METRIC)
+    if value is None:
+        raise PromotionRefused(f"version {version.version} has no {SELECT_METRIC} tag: it cannot be compared")
+    return float(value)
+
+
+def promote(version: str | None = None, margin: float = 0.0, force: bool = False, reason: str | None = None) -> str:
+    """Move @champion to `version` (default: @candidate) if it beats the champion on `select` by `margin`."""
+    client = mlflow.MlflowClient()
+    candidate = (client.get_model_version(MODEL_NAME, version) if version
+                 else client.get_model_version_by_alias(MODEL_NAME, "candidate"))
+    if force and not reason:
+        raise PromotionRefused("--force needs --reason")
+    try:
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    if not force:
+        score = _select_score(client, candidate)
+        if champion is not None and champion.version != candidate.version:
+            best = _select_score(client, champion)
+            if score < best + margin:
+                raise PromotionRefused(
+                    f"version {candidate.version} scores {score:.2f} on select; champion version {champion.version} "
+                    f"scores {best:.2f}; promotion needs at least {best + margin:.2f} (margin {margin})")
+    client.set_registered_model_alias(MODEL_NAME, "champion", candidate.version)
+    if force:
+        client.set_model_version_tag(MODEL_NAME, candidate.version, "forced_promotion_reason", reason)
+    return candidate.version

@@ -1,0 +1,176 @@
+"""The generator in a real MLflow registry (a real `mlflow server`) and behind `mlflow models serve`."""
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import save_file
+
+from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, save_autoencoder
+from condpdiff.bundle import BundleError, GeneratorBundle, Request, write_bundle
+from condpdiff.config import BaseModelConfig, DataConfig, GenerateConfig, LoraConfig, Norm, Params, Sampler
+from condpdiff.denoiser import Denoiser, DenoiserSpec
+from condpdiff.diffusion import make_scheduler, save_diffusion
+from condpdiff.lora import build_peft_model, load_base_model, model_layout, save_layouts
+from condpdiff.normalize import fit_normalizer
+from condpdiff.registry import MODEL_NAME, PromotionRefused, promote, register_generator
+
+PARAMS = Params(data=DataConfig(tasks=["sst2", "stsb"]),
+                generate=GenerateConfig(samples=2, sampler=Sampler.ddim, inference_steps=4))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def trained_parts(tmp_path_factory) -> dict[str, Path]:
+    """Small random-init parts with the real MiniLM layouts: enough to exercise the registry."""
+    folder = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    layouts = {t: model_layout(build_peft_model(BaseModelConfig(), LoraConfig(), n, 0)) for t, n in (("sst2", 2), ("stsb", 1))}
+    length = max(layout.length for layout in layouts.values())
+    save_layouts(folder / "layout.json", layouts, length, {"sst2": 2, "stsb": 1})
+    corpus = torch.randn(8, length) * 0.01
+    fit_normalizer(Norm.task, corpus, torch.tensor([0] * 4 + [1] * 4), 2).save(folder / "stats.safetensors")
+    save_autoencoder(Autoencoder(AutoencoderSpec(length, (4, 8), 2, 4)), folder / "model.pt")
+    save_diffusion(Denoiser(DenoiserSpec(2, 384, (8, 16), 16)), make_scheduler(20, "linear"), 1.0, folder / "diffusion.pt")
+    conditions = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
+    save_file({"conditions": conditions}, str(folder / "conditions.safetensors"),
+              metadata={"type": "text_fewshot", "encoder": "sentence-transformers/all-MiniLM-L6-v2", "tasks": "sst2,stsb"})
+    return {"autoencoder": folder / "model.pt", "diffusion": folder / "diffusion.pt", "stats": folder / "stats.safetensors",
+            "conditions": folder / "conditions.safetensors", "layout": folder / "layout.json"}
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--workers", "1"],
+        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+def _register(parts, select_score: float) -> str:
+    metrics = {"select": {"average_generated_best": select_score}, "eval": {"average_generated": select_score - 1}}
+    with mlflow.start_run(run_name="register-test"):
+        return register_generator(PARAMS, parts, "sentence-transformers/all-MiniLM-L6-v2", metrics, {"pipeline_id": "test"})
+
+
+def test_bundle_refuses_bad_requests(trained_parts, tmp_path):
+    write_bundle(tmp_path / "bundle", PARAMS, trained_parts, "sentence-transformers/all-MiniLM-L6-v2")
+    bundle = GeneratorBundle(tmp_path / "bundle")
+    for request, message in [
+        (Request(task="mnli"), "unknown task"), (Request(description="  "), "non-empty description"),
+        (Request(task="sst2", num_samples=0), "num_samples"), (Request(task="sst2", num_samples=10_000), "num_samples"),
+        (Request(description="Classify tweets by sentiment."), "stats_task"),
+        (Request(description="Rate news.", num_labels=5, stats_task="sst2"), "num_labels=5"),
+    ]:
+        with pytest.raises(BundleError, match=message):
+            bundle.check(request)
+    vectors, layout, labels = bundle.generate_vectors(Request(description="Classify tweets.", stats_task="sst2", seed=1))
+    assert vectors.shape == (1, layout.length) and labels == 2
+    spec = json.loads((tmp_path / "bundle" / "spec.json").read_text())
+    (tmp_path / "bundle" / "spec.json").write_text(json.dumps({**spec, "base_fingerprint": "0" * 64}))
+    with pytest.raises(BundleError, match="base model"):
+        GeneratorBundle(tmp_path / "bundle")
+
+
+def test_register_promote_refuse_force_and_load(mlflow_server, trained_parts, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment("registry-test")
+    client = mlflow.MlflowClient()
+    better, worse = _register(trained_parts, 80.0), _register(trained_parts, 70.0)
+    assert client.get_model_version_by_alias(MODEL_NAME, "candidate").version == worse
+    assert promote(better) == better
+    with pytest.raises(PromotionRefused, match="70.00.*80.00"):
+        promote(worse)
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == better
+    with pytest.raises(PromotionRefused, match="margin"):
+        promote(_register(trained_parts, 80.5), margin=1.0)
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == better
+    assert promote(worse, force=True, reason="rollback drill") == worse
+    assert client.get_model_version(MODEL_NAME, worse).tags["forced_promotion_reason"] == "rollback drill"
+    tags = client.get_model_version(MODEL_NAME, better).tags
+    assert tags["select_average_generated_best"] == "80.0000" and tags["pipeline_id"] == "test"
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    out = model.predict({"task": ["sst2"], "num_samples": [2], "seed": [5]})
+    assert list(out["sample"]) == [0, 1]
+
+
+def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment("registry-test")
+    version = _register(trained_parts, 99.0)
+    promote(version)
+    cli = subprocess.run([sys.executable, "-m", "condpdiff", "generate", "--model", f"models:/{MODEL_NAME}@champion",
+                          "--task", "sst2", "--samples", "2", "--seed", "3", "--out", str(tmp_path / "cli")],
+                         capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    try:
+        _wait(f"http://127.0.0.1:{port}/ping", server, seconds=180)
+        body = json.dumps({"dataframe_records": [{"task": "sst2", "num_samples": 2, "seed": 3}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        rows = json.loads(urllib.request.urlopen(request, timeout=300).read())["predictions"]
+    finally:
+        _stop(server)
+    assert len(rows) == 2
+    served = base64.b64decode(rows[0]["adapter_model_safetensors_b64"])
+    assert served == (tmp_path / "cli" / "adapter_00" / "adapter_model.safetensors").read_bytes()
+    assert json.loads(rows[0]["adapter_config"]) == json.loads((tmp_path / "cli" / "adapter_00" / "adapter_config.json").read_text())
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(served)
+    (folder / "adapter_config.json").write_text(rows[0]["adapter_config"])
+    model = PeftModel.from_pretrained(load_base_model(BaseModelConfig(), 2, seed=9), str(folder))
+    result = model.load_adapter(str(folder), adapter_name="check")
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
