@@ -41,8 +41,9 @@ with stage_run("generate", params, ("generate", "seed")):
         other = (i + 1) % len(tasks)
         common = dict(stats_index=i, length=layouts[task].length, samples=cfg.samples, sampler=cfg.sampler.value,
                       inference_steps=cfg.inference_steps)
-        own = generator.generate(conditions[i], seed=params.seed * 1000 + i, **common)
-        wrong = generator.generate(conditions[other], seed=params.seed * 1000 + i, **common)
+        seed = params.seed * 1000 + i  # `python -m condpdiff generate --task T --samples K --seed S` repeats it
+        own = generator.generate(conditions[i], seed=seed, **common)
+        wrong = generator.generate(conditions[other], seed=seed, **common)
         folder = args.out / task
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"generated": own, "wrong_condition": wrong}, str(folder / "vectors.safetensors"),
@@ -50,6 +51,6 @@ with stage_run("generate", params, ("generate", "seed")):
         model = build_peft_model(params.base, params.lora, num_labels[task], params.seed)
         for k in range(cfg.samples):
             write_adapter(model, own[k], layouts[task], folder / f"adapter_{k:02d}")
-        manifest[task] = {"samples": cfg.samples, "wrong_condition_task": tasks[other]}
+        manifest[task] = {"samples": cfg.samples, "seed": seed, "wrong_condition_task": tasks[other]}
         print(f"{task}: {cfg.samples} adapters written to {folder}")
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
