@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,22 @@ def glue_dir() -> Path:
     if not (path / "SST-2" / "dev.tsv").is_file():
         pytest.fail("data/glue is missing: run `dvc pull data/glue` (the README's set-up command does)")
     return path
+
+
+def copy_repo(target: Path, glue_dir: Path, profile: str = "tiny") -> None:
+    """The working tree (tracked + untracked, not ignored) as a fresh git repo, with GLUE and a profile."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        source = REPO / name
+        if source.is_file() and not name.startswith(("outputs/", "metrics/", "reports/")):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    shutil.copytree(glue_dir, target / "data" / "glue")
+    shutil.copy(REPO / "profiles" / f"{profile}.yaml", target / "params.yaml")
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        subprocess.run(command, cwd=target, check=True)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,7 +1,6 @@
 """The whole pipeline: the real `dvc repro` on the tiny profile, in a temporary copy of the repo."""
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,24 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import copy_repo
 
 pytestmark = pytest.mark.slow
-
-
-def _copy_repo(target: Path, glue_dir: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        source = REPO / name
-        if source.is_file() and not name.startswith(("outputs/", "metrics/", "reports/")):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    shutil.copytree(glue_dir, target / "data" / "glue")
-    shutil.copy(REPO / "profiles" / "tiny.yaml", target / "params.yaml")
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
-        subprocess.run(command, cwd=target, check=True)
 
 
 def _declared_outputs(repo: Path) -> list[Path]:
@@ -46,7 +30,7 @@ def _finite(tree) -> bool:
 
 def test_tiny_dvc_repro_leaves_every_output(tmp_path, glue_dir):
     repo = tmp_path / "repo"
-    _copy_repo(repo, glue_dir)
+    copy_repo(repo, glue_dir)
     dvc = Path(sys.executable).with_name("dvc")
     result = subprocess.run([str(dvc), "repro"], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -31,6 +31,29 @@ def _promote(args) -> None:
     print(f"@champion -> version {version}")
 
 
+def _tune(args) -> None:
+    from condpdiff.config import load_params
+    from condpdiff.tune import run_tune
+
+    params = load_params(args.params)
+    text = run_tune(params, Path(args.prepared), args.tasks, args.trials, args.steps or params.collect.steps,
+                    args.storage, args.study, Path(args.out))
+    print(text or "no completed trial yet")
+
+
+def _ablate(args) -> None:
+    from condpdiff.config import load_params
+    from condpdiff.tune import ablation_grid, run_ablation
+
+    params = load_params(args.params)
+    keep = params.collect.keep_last
+    n_grid = args.n_grid or sorted({1, keep // 4, keep // 2, keep} - {0})
+    grid = ablation_grid(args.name, n_grid, args.layer_grid)
+    path = run_ablation(args.name, params, grid, Path(args.prepared), Path(args.corpus), args.storage,
+                        Path(args.out), args.tasks)
+    print(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m condpdiff")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,10 +76,31 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("--force", action="store_true")
     promote.add_argument("--reason")
     promote.set_defaults(run=_promote)
+    tune = commands.add_parser("tune", help="Optuna search over LoRA rank, alpha and learning rate")
+    tune.add_argument("--params", default="params.yaml")
+    tune.add_argument("--prepared", default="outputs/prepared")
+    tune.add_argument("--tasks", nargs="+", default=["sst2", "stsb", "mrpc"])
+    tune.add_argument("--trials", type=int, default=10, help="trials for this worker (0: only create the study)")
+    tune.add_argument("--steps", type=int, help="fine-tuning steps a trial (default: collect.steps)")
+    tune.add_argument("--storage", help="Optuna storage URL (default: sqlite under mlruns/); share it across workers")
+    tune.add_argument("--study", default="lora-search")
+    tune.add_argument("--out", default="reports/tune_best.txt")
+    tune.set_defaults(run=_tune)
+    ablate = commands.add_parser("ablate", help="one of the paper's ablation grids, on the collected corpus")
+    ablate.add_argument("name", help="n | norm | condition | layers")
+    ablate.add_argument("--params", default="params.yaml")
+    ablate.add_argument("--prepared", default="outputs/prepared")
+    ablate.add_argument("--corpus", default="outputs/corpus")
+    ablate.add_argument("--tasks", nargs="+", default=["sst2", "stsb", "mrpc"])
+    ablate.add_argument("--n-grid", type=int, nargs="+", help="default: 1, N/4, N/2, N (N = collect.keep_last)")
+    ablate.add_argument("--layer-grid", nargs="+", default=["0-1", "0-2", "0-4", "0-5"])
+    ablate.add_argument("--storage")
+    ablate.add_argument("--out", default="reports")
+    ablate.set_defaults(run=_ablate)
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (BundleError, RuntimeError, ValueError) as error:
+    except (BundleError, RuntimeError, ValueError, KeyError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -81,6 +81,7 @@ class CollectConfig:
     lr_lora: float = 1e-3
     lr_head: float = 3e-3
     warmup_steps: int = 40
+    kept_lr_factor: float = 0.1  # learning-rate multiplier over the kept (last N) steps
     weight_decay: float = 0.0
     keep_last: int = 100
     stride: int = 1

@@ -96,7 +96,7 @@ class Layout:
 
 
 def model_layout(model) -> Layout:
-    return Layout.from_state_dict(get_peft_model_state_dict(model))
+    return Layout.from_state_dict(get_peft_model_state_dict(model, save_embedding_layers=False))
 
 
 def flatten_state(state: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
@@ -118,7 +118,7 @@ def unflatten_vector(vector: torch.Tensor, layout: Layout) -> dict[str, torch.Te
 
 
 def flatten_model(model, layout: Layout) -> torch.Tensor:
-    return flatten_state(get_peft_model_state_dict(model), layout)
+    return flatten_state(get_peft_model_state_dict(model, save_embedding_layers=False), layout)
 
 
 def load_vector(model, vector: torch.Tensor, layout: Layout) -> None:

@@ -25,6 +25,12 @@ def render_table1(results: dict, sizes: dict, norm: str, condition: str) -> str:
     for label, key in rows:
         values = [_h(t, results[t]["eval"][key]) for t in tasks]
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values) / len(values):.2f} |")
+    gains = [_h(t, results[t]["eval"]["original"]) - _h(t, results[t]["eval"]["base"]) for t in tasks]
+    lines.append("| LoRA gain (original - base) | " + " | ".join(f"{v:+.2f}" for v in gains)
+                 + f" | {sum(gains) / len(gains):+.2f} |")
+    gaps = [_h(t, results[t]["eval"]["generated"]) - _h(t, results[t]["eval"]["original"]) for t in tasks]
+    lines.append("| generated - original | " + " | ".join(f"{v:+.2f}" for v in gaps)
+                 + f" | {sum(gaps) / len(gaps):+.2f} |")
     lines += ["", "## select (where the choices are made)", "", header, rule]
     select_rows = [("original best", "original_best"), ("generated best", "generated_best"),
                    ("generated mean", "generated_mean"), ("generated std", "generated_std"),

@@ -1,0 +1,211 @@
+"""Optuna glue: the LoRA hyperparameter search (`tune`) and the paper's ablation grids (`ablate`).
+
+Every trial is an MLflow run nested under the study's run; a failing trial is FAILED in both
+Optuna and MLflow and the study goes on. Storage: SQLite under mlruns/ by default (created
+once, before workers start), or any RDB URL shared by workers on many machines.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import optuna
+
+from condpdiff.ablation import Variant, run_variant
+from condpdiff.config import TASKS, Params
+from condpdiff.finetune import finetune_and_collect, score_vector
+from condpdiff.glue import TASK_SPECS, headline, read_jsonl
+from condpdiff.lora import build_peft_model, flatten_model, load_tokenizer, model_layout
+from condpdiff.tracking import repo_root, setup_experiment
+
+RANKS = [1, 2, 4, 8, 16]
+ALPHAS = [1, 2, 4, 8, 16, 32]
+ABLATION_TASKS = ["sst2", "stsb", "mrpc"]
+PAPER = {  # Cond P-Diff, BERT r=1, SST-2 / STS-B / MRPC
+    "n": {1: (90.23, 80.71, 82.71), 100: (91.63, 80.91, 83.52), 200: (91.63, 81.81, 87.24), 500: (91.63, 81.80, 87.25)},
+    "norm": {"none": (55.67, 49.07, 47.01), "batch": (90.60, 80.90, 82.50), "task": (91.63, 81.81, 87.24)},
+    "condition": {"onehot": (90.05, 77.12, 80.34), "learned": (90.10, 80.03, 81.81), "text": (90.25, 80.32, 81.98),
+                  "text_fewshot": (91.63, 81.81, 87.24)},
+    "layers": {"0-1": (91.63, 81.43, 83.45), "0-4": (91.63, 81.45, 83.61), "0-8": (91.63, 81.80, 85.61),
+               "0-11": (91.63, 81.81, 87.24)},
+}
+
+
+class TuneError(ValueError):
+    pass
+
+
+def default_storage() -> str:
+    store = repo_root() / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'optuna.db'}"
+
+
+def open_study(name: str, storage: str, direction: str, sampler=None, pruner=None) -> optuna.Study:
+    """Create the study once or join it; a study of that name with another direction is an error."""
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    except Exception as error:  # unreachable or invalid storage: say which
+        raise TuneError(f"cannot open Optuna storage {storage!r}: {error}") from None
+    if study.direction.name.lower() != direction:
+        raise TuneError(f"study {name!r} exists with direction {study.direction.name.lower()}, not {direction}")
+    return study
+
+
+def _study_run(study: optuna.Study, kind: str) -> str:
+    """The MLflow run all trials nest under: made by whoever opens the study first."""
+    run_id = study.user_attrs.get("mlflow_run_id")
+    if run_id is None:
+        experiment_id = setup_experiment()
+        with mlflow.start_run(run_name=f"{kind}:{study.study_name}", experiment_id=experiment_id,
+                              tags={"stage": kind, "optuna_study": study.study_name}) as run:
+            run_id = run.info.run_id
+        study.set_user_attr("mlflow_run_id", run_id)
+    return run_id
+
+
+def _trial_run(study: optuna.Study, trial: optuna.Trial, parent: str):
+    return mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=setup_experiment(), parent_run_id=parent,
+                            tags={"optuna_study": study.study_name, "optuna_trial": str(trial.number)})
+
+
+def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int, study: optuna.Study, parent: str):
+    """Mean `select` headline of the fine-tuned adapters (never `eval`), pruned on intermediate scores."""
+    tokenizer = load_tokenizer(params.base)
+    data = {t: {s: read_jsonl(prepared / t / f"{s}.jsonl") for s in ("train", "select")} for t in tasks}
+
+    def objective(trial: optuna.Trial) -> float:
+        r = trial.suggest_categorical("lora.r", RANKS)
+        alpha = trial.suggest_categorical("lora.alpha", ALPHAS)
+        lr = trial.suggest_float("collect.lr_lora", 1e-4, 1e-2, log=True)
+        lora = replace(params.lora, r=r, alpha=alpha)
+        collect = replace(params.collect, steps=steps, lr_lora=lr, keep_last=1,
+                          warmup_steps=min(params.collect.warmup_steps, steps // 4))
+        # on_step fires every 10 steps: report at the nearest multiple of 10 to each quarter
+        checkpoints = {max(10, round(steps * k / 40) * 10) for k in (1, 2, 3)} - {steps}
+        with _trial_run(study, trial, parent):
+            mlflow.log_params({"lora.r": r, "lora.alpha": alpha, "collect.lr_lora": lr, "steps": steps})
+            finals = []
+            for position, task in enumerate(tasks):
+                model = build_peft_model(params.base, lora, TASK_SPECS[task].num_labels, params.seed)
+                layout = model_layout(model)
+
+                def select_score() -> float:
+                    vector = flatten_model(model, layout)
+                    value = headline(task, score_vector(model, tokenizer, task, vector, layout, data[task]["select"],
+                                                        params.collect.eval_batch_size, params.base.max_length))
+                    model.train()
+                    return value
+
+                def on_step(step: int, metrics: dict) -> None:
+                    if step in checkpoints:
+                        # the running mean over finished tasks and this one's current score
+                        value = (sum(finals) + select_score()) / (len(finals) + 1)
+                        trial.report(value, position * steps + step)
+                        mlflow.log_metric("select_running_mean", value, step=position * steps + step)
+                        if trial.should_prune():
+                            raise optuna.TrialPruned()
+
+                finetune_and_collect(model, tokenizer, task, data[task]["train"], collect, layout,
+                                     params.base.max_length, params.seed, on_step=on_step)
+                finals.append(select_score())
+                mlflow.log_metric(f"select_{task}", finals[-1])
+            value = sum(finals) / len(finals)
+            mlflow.log_metric("select_mean", value)
+            return value
+
+    return objective
+
+
+def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, steps: int, storage: str | None,
+             study_name: str, out: Path) -> str | None:
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise TuneError(f"unknown task(s) {unknown}")
+    missing = [t for t in tasks if not (prepared / t / "select.jsonl").is_file()]
+    if missing:
+        raise TuneError(f"no prepared splits for {missing} in {prepared}: run `dvc repro prepare`")
+    study = open_study(study_name, storage or default_storage(), "maximize",
+                       pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=steps // 2))
+    parent = _study_run(study, "tune")
+    if trials > 0:
+        study.optimize(lora_objective(params, prepared, tasks, steps, study, parent), n_trials=trials,
+                       catch=(Exception,))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return None
+    best = study.best_trial
+    line = "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in best.params.items())
+    text = (f"best trial {best.number}: select mean {best.value:.2f} with {best.params}\n"
+            f"apply it with:\n{line}\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+ABLATIONS = ("n", "norm", "condition", "layers")
+
+
+def ablation_grid(name: str, n_grid: list[int], layer_grid: list[str]) -> list:
+    if name not in ABLATIONS:
+        raise TuneError(f"unknown ablation {name!r}: one of {list(ABLATIONS)}")
+    grid = {"n": n_grid, "norm": ["none", "batch", "task"],
+            "condition": ["onehot", "learned", "text", "text_fewshot"], "layers": layer_grid}[name]
+    if not grid:
+        raise TuneError(f"the {name} grid is empty")
+    return list(grid)
+
+
+def run_ablation(name: str, params: Params, grid: list, prepared: Path, corpus: Path, storage: str | None,
+                 out_dir: Path, tasks: list[str] = ABLATION_TASKS) -> Path:
+    """Each grid value is one Optuna trial (GridSampler); writes reports/ablation_<name>.md and .csv."""
+    study = open_study(f"ablation-{name}-{int(time.time())}", storage or default_storage(), "maximize",
+                       sampler=optuna.samplers.GridSampler({name: grid}, seed=params.seed))
+    parent = _study_run(study, f"ablate-{name}")
+
+    def objective(trial: optuna.Trial) -> float:
+        value = trial.suggest_categorical(name, grid)
+        with _trial_run(study, trial, parent):
+            start = time.perf_counter()
+            results = run_variant(params, Variant(**{name: value}), tasks, prepared, corpus)
+            seconds = time.perf_counter() - start
+            for task, scores in results.items():
+                mlflow.log_metrics({f"{task}_{k}": v for k, v in scores.items()})
+                trial.set_user_attr(task, scores)
+            trial.set_user_attr("seconds", seconds)
+            mlflow.log_metric("seconds", seconds)
+            return sum(s["select_best"] for s in results.values()) / len(results)
+
+    study.optimize(objective, n_trials=len(grid), catch=(Exception,))
+    return write_ablation_report(name, study, tasks, out_dir)
+
+
+def write_ablation_report(name: str, study: optuna.Study, tasks: list[str], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paper = PAPER.get(name, {})
+    header = ["value", "state", "seconds"] + [f"{TASK_SPECS[t].folder} eval" for t in tasks] + \
+             [f"{TASK_SPECS[t].folder} select best" for t in tasks] + \
+             [f"paper {TASK_SPECS[t].folder}" for t in ("sst2", "stsb", "mrpc")]
+    rows = []
+    for trial in sorted(study.trials, key=lambda t: str(t.params.get(name, t.system_attrs.get("grid_id")))):
+        value = trial.params.get(name, "?")
+        scores = [trial.user_attrs.get(t, {}) for t in tasks]
+        reference = paper.get(value, paper.get(str(value), ("", "", "")))
+        rows.append([value, trial.state.name, f"{trial.user_attrs.get('seconds', 0):.0f}"]
+                    + [f"{s['eval']:.2f}" if "eval" in s else "" for s in scores]
+                    + [f"{s['select_best']:.2f}" if "select_best" in s else "" for s in scores]
+                    + [str(v) for v in reference])
+    with open(out_dir / f"ablation_{name}.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    lines = [f"# Ablation: {name}", "",
+             "Generated adapter best on `select`, its `eval` score (x100). Paper: Cond P-Diff, BERT r=1 "
+             "(their N grid is 1/100/200/500 and their layers 0-11; ours follow the 6-layer MiniLM and N=100).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    path = out_dir / f"ablation_{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

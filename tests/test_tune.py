@@ -1,0 +1,99 @@
+"""Optuna tools on the tiny profile: two workers share one study; an ablation grid makes its table."""
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from condpdiff.config import load_params
+from condpdiff.tune import TuneError, ablation_grid, open_study, run_ablation
+from conftest import copy_repo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory, glue_dir) -> Path:
+    """The tiny profile's prepared splits and corpus, made by the real `dvc repro collect`."""
+    repo = tmp_path_factory.mktemp("tiny") / "repo"
+    copy_repo(repo, glue_dir)
+    dvc = Path(sys.executable).with_name("dvc")
+    result = subprocess.run([str(dvc), "repro", "collect"], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return repo
+
+
+def _tune(repo: Path, storage: str, trials: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "condpdiff", "tune", "--params", "params.yaml", "--tasks", "sst2", "--steps", "4",
+         "--trials", str(trials), "--storage", storage, "--study", "workers", "--out", "reports/tune_best.txt"],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_workers_share_one_study(tiny_corpus, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    creator = _tune(tiny_corpus, storage, 0)  # create the study (and its MLflow run) once, then start workers
+    assert creator.wait() == 0, creator.stdout.read()
+    workers = [_tune(tiny_corpus, storage, 3) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    study = optuna.load_study(study_name="workers", storage=storage)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(6))  # every trial recorded exactly once
+    assert all(t.state.is_finished() for t in study.trials)
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.optuna_study = 'workers'")
+    trial_runs = runs[runs["tags.optuna_trial"].notna()]
+    assert sorted(int(n) for n in trial_runs["tags.optuna_trial"]) == list(range(6))
+    assert set(trial_runs["tags.mlflow.parentRunId"]) == {study.user_attrs["mlflow_run_id"]}
+    line = (tiny_corpus / "reports" / "tune_best.txt").read_text()
+    assert "dvc exp run -S lora.r=" in line and "-S collect.lr_lora=" in line
+
+
+def test_study_direction_mismatch_and_bad_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    open_study("s", storage, "maximize")
+    with pytest.raises(TuneError, match="direction"):
+        open_study("s", storage, "minimize")
+    with pytest.raises(TuneError, match="storage"):
+        open_study("s", "postgresql://nobody@127.0.0.1:1/none", "maximize")
+    with pytest.raises(TuneError, match="unknown ablation"):
+        ablation_grid("depth", [1], ["0-1"])
+    with pytest.raises(TuneError, match="empty"):
+        ablation_grid("layers", [1], [])
+
+
+def test_ablate_norm_makes_a_three_row_table(tiny_corpus, tmp_path):
+    params = load_params(tiny_corpus / "params.yaml")
+    path = run_ablation("norm", params, ablation_grid("norm", [1], []), tiny_corpus / "outputs" / "prepared",
+                        tiny_corpus / "outputs" / "corpus", f"sqlite:///{tmp_path / 'a.db'}", tmp_path,
+                        tasks=["sst2", "stsb"])
+    rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and "COMPLETE" in line]
+    assert len(rows) == 3 and {r.split(" | ")[0].strip("| ") for r in rows} == {"none", "batch", "task"}
+    assert (tmp_path / "ablation_norm.csv").is_file()
+
+
+def test_layer_mask_covers_the_chosen_layers_and_the_head():
+    from condpdiff.ablation import generated_mask
+    from condpdiff.config import BaseModelConfig, LoraConfig
+    from condpdiff.lora import build_peft_model, model_layout
+
+    layout = model_layout(build_peft_model(BaseModelConfig(), LoraConfig(), 2, seed=0))
+    mask = generated_mask(layout, layout.length + 3, range(0, 2))
+    for name, shape, offset in zip(layout.names, layout.shapes, layout.offsets):
+        expected = not layout.is_lora(name) or ".layer.0." in name or ".layer.1." in name
+        assert bool(mask[offset]) == expected, name
+    assert int(mask.sum()) == 2 * 4 * 2 * 384 + 2 * 384 + 2
+
+
+def test_layer_subset_variant_runs(tiny_corpus, tmp_path):
+    from condpdiff.ablation import Variant, run_variant
+
+    params = load_params(tiny_corpus / "params.yaml")
+    results = run_variant(params, Variant(layers="0-1", n=2), ["sst2"], tiny_corpus / "outputs" / "prepared",
+                          tiny_corpus / "outputs" / "corpus", score_eval=False)
+    assert set(results["sst2"]) == {"select_best", "select_mean"}
+    with pytest.raises(ValueError, match="n=99"):
+        run_variant(params, Variant(n=99), ["sst2"], tiny_corpus / "outputs" / "prepared",
+                    tiny_corpus / "outputs" / "corpus")
