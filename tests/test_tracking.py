@@ -5,7 +5,7 @@ import mlflow
 import pytest
 
 from condpdiff.config import Params
-from condpdiff.tracking import repo_root, stage_run, tracking_uri
+from condpdiff.tracking import nested_run, repo_root, stage_run, tracking_uri
 
 
 def test_repo_root_from_inside_a_dvc_temp_experiment(tmp_path):
@@ -35,4 +35,12 @@ def test_failing_stage_is_marked_failed_and_tagged():
     assert finished.data.params["norm"] == "task"
     with stage_run("unit-test-ok", Params(), ("norm",)) as run:
         ok_id = run.info.run_id
+        with pytest.raises(ValueError):
+            with nested_run("inner", task="sst2") as inner:
+                inner_id = inner.info.run_id
+                raise ValueError("inner failure")
+        assert mlflow.active_run().info.run_id == ok_id  # the stage run goes on
     assert mlflow.get_run(ok_id).info.status == "FINISHED"
+    child = mlflow.get_run(inner_id)
+    assert child.info.status == "FAILED" and child.data.tags["mlflow.parentRunId"] == ok_id
+    assert child.info.experiment_id == mlflow.get_run(ok_id).info.experiment_id

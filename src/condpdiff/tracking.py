@@ -40,14 +40,18 @@ def tracking_uri() -> str:
 
 
 def setup_experiment(name: str = EXPERIMENT) -> str:
+    """Create the experiment once and make it the active one (nested runs land in it too)."""
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         artifacts = None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             artifacts = (repo_root() / "mlruns" / "artifacts").as_uri()
-        return mlflow.create_experiment(name, artifact_location=artifacts)
-    return experiment.experiment_id
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def git_commit() -> str:
