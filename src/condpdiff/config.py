@@ -76,7 +76,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class CollectConfig:
-    steps: int = 400
+    steps: int = 500
     batch_size: int = 16
     lr_lora: float = 1e-3
     lr_head: float = 3e-3
@@ -96,7 +96,7 @@ class AutoencoderConfig:
     stride: int = 4
     input_noise: float = 0.001
     latent_noise: float = 0.001
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
 

@@ -2,13 +2,15 @@
 
 The store defaults to `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
 `<repo>/mlruns/artifacts`, where <repo> is the main repository even when DVC runs a stage
-in a temporary experiment folder (`.dvc/tmp/exps/...`). `MLFLOW_TRACKING_URI` overrides.
+in a temporary experiment folder under `<repo>/.dvc/`. `MLFLOW_TRACKING_URI` overrides.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +25,7 @@ def repo_root(start: Path | None = None) -> Path:
     """The main repository, also from inside DVC's temporary experiment folders."""
     path = (start or Path.cwd()).resolve()
     parts = path.parts
-    if ".dvc" in parts:  # <repo>/.dvc/tmp/exps/<run>/...: the workspace DVC copied from
+    if ".dvc" in parts:  # a DVC temp experiment folder under <repo>/.dvc/: the workspace it copied
         return Path(*parts[: parts.index(".dvc")])
     for candidate in (path, *path.parents):
         if (candidate / ".dvc").is_dir() or (candidate / ".git").exists():
@@ -74,6 +76,8 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator
     }
     everything = params_to_dict(params)
     logged = {k: v for k, v in flatten_dict(everything).items() if k.split(".")[0] in sections}
+    # a SIGTERM (dvc interrupted, a job killed) becomes SystemExit, so the run still ends FAILED
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in logged.items()})
         yield run  # ActiveRun.__exit__ ends the run FAILED if the stage raises
