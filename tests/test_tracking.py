@@ -44,3 +44,22 @@ def test_failing_stage_is_marked_failed_and_tagged():
     child = mlflow.get_run(inner_id)
     assert child.info.status == "FAILED" and child.data.tags["mlflow.parentRunId"] == ok_id
     assert child.info.experiment_id == mlflow.get_run(ok_id).info.experiment_id
+
+
+def test_killed_stage_is_marked_failed(tmp_path):
+    """SIGTERM (an interrupted `dvc repro`, a killed job) still leaves the run FAILED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import time\nfrom condpdiff.config import Params\nfrom condpdiff.tracking import stage_run\n"
+              "with stage_run('killed-stage', Params(), ('norm',)) as run:\n"
+              "    print(run.info.run_id, flush=True)\n    time.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ)
+    run_id = process.stdout.readline().strip()
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert mlflow.get_run(run_id).info.status == "FAILED"
