@@ -1,5 +1,4 @@
 """MLflow glue: the store resolves to the main repo, and a failing stage leaves its run FAILED."""
-from pathlib import Path
 
 import mlflow
 import pytest

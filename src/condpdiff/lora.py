@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from condpdiff.config import BaseModelConfig, LoraConfig
@@ -135,12 +135,6 @@ def write_adapter(model, vector: torch.Tensor, layout: Layout, directory: Path) 
     """A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
     load_vector(model, vector, layout)
     model.save_pretrained(str(directory), save_embedding_layers=False)  # no hub lookup: embeddings are never tuned here
-
-
-def load_adapter(base: BaseModelConfig, num_labels: int, directory: Path, seed: int):
-    """`PeftModel.from_pretrained` on a fresh base; returns (model, load report)."""
-    model = PeftModel.from_pretrained(load_base_model(base, num_labels, seed), str(directory))
-    return model
 
 
 def save_layouts(path: Path, layouts: dict[str, Layout], padded_length: int, num_labels: dict[str, int]) -> None:

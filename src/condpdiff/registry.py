@@ -95,7 +95,7 @@ class PromotionRefused(RuntimeError):
     pass
 
 
-def _select_score(client, version) -> float:
+def _select_score(version) -> float:
     value = version.tags.get(SELECT_METRIC)
     if value is None:
         raise PromotionRefused(f"version {version.version} has no {SELECT_METRIC} tag: it cannot be compared")
@@ -114,9 +114,9 @@ def promote(version: str | None = None, margin: float = 0.0, force: bool = False
     except mlflow.exceptions.MlflowException:
         champion = None
     if not force:
-        score = _select_score(client, candidate)
+        score = _select_score(candidate)
         if champion is not None and champion.version != candidate.version:
-            best = _select_score(client, champion)
+            best = _select_score(champion)
             if score < best + margin:
                 raise PromotionRefused(
                     f"version {candidate.version} scores {score:.2f} on select; champion version {champion.version} "
