@@ -10,14 +10,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from condpdiff.autoencoder import load_autoencoder
 from condpdiff.config import load_params
-from condpdiff.diffusion import load_diffusion
 from condpdiff.finetune import finetune_and_collect
-from condpdiff.generator import Generator
+from condpdiff.generator import load_generator
 from condpdiff.glue import TASK_SPECS, read_jsonl
 from condpdiff.lora import build_peft_model, load_tokenizer, model_layout, read_layouts
-from condpdiff.normalize import Normalizer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--task", default="sst2")
@@ -28,9 +25,8 @@ params = load_params("params.yaml")
 torch.set_flush_denormal(True)
 
 layouts, _, _ = read_layouts(args.outputs / "corpus" / "layout.json")
-denoiser, scheduler_config, scale = load_diffusion(args.outputs / "diffusion" / "model.pt")
-generator = Generator(load_autoencoder(args.outputs / "autoencoder" / "model.pt"), denoiser, scheduler_config, scale,
-                      Normalizer.load(args.outputs / "normalized" / "stats.safetensors"))
+generator = load_generator(args.outputs / "autoencoder" / "model.pt", args.outputs / "diffusion" / "model.pt",
+                           args.outputs / "normalized" / "stats.safetensors")
 with safe_open(str(args.outputs / "conditions" / "conditions.safetensors"), "pt") as handle:
     conditions = handle.get_tensor("conditions")
 index = params.data.tasks.index(args.task)

@@ -7,12 +7,9 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from condpdiff.autoencoder import load_autoencoder
 from condpdiff.config import load_params
-from condpdiff.diffusion import load_diffusion
-from condpdiff.generator import Generator
+from condpdiff.generator import load_generator
 from condpdiff.lora import build_peft_model, read_layouts, write_adapter
-from condpdiff.normalize import Normalizer
 from condpdiff.tracking import stage_run
 
 parser = argparse.ArgumentParser()
@@ -29,9 +26,8 @@ cfg = params.generate
 
 with stage_run("generate", params, ("generate", "seed")):
     layouts, _, num_labels = read_layouts(args.corpus / "layout.json")
-    denoiser, scheduler_config, latent_scale = load_diffusion(args.diffusion / "model.pt")
-    generator = Generator(load_autoencoder(args.autoencoder / "model.pt"), denoiser, scheduler_config, latent_scale,
-                          Normalizer.load(args.normalized / "stats.safetensors"))
+    generator = load_generator(args.autoencoder / "model.pt", args.diffusion / "model.pt",
+                               args.normalized / "stats.safetensors")
     with safe_open(str(args.conditions / "conditions.safetensors"), "pt") as handle:
         conditions = handle.get_tensor("conditions")
     tasks = params.data.tasks

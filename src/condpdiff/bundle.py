@@ -14,13 +14,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from condpdiff.autoencoder import load_autoencoder
 from condpdiff.conditions import MiniLMTextEncoder
 from condpdiff.config import BaseModelConfig, LoraConfig, Norm, Params
-from condpdiff.diffusion import load_diffusion
-from condpdiff.generator import Generator
+from condpdiff.generator import load_generator
 from condpdiff.lora import Layout, base_model_path, build_peft_model, read_layouts, write_adapter
-from condpdiff.normalize import Normalizer
 
 FILES = {
     "autoencoder": "autoencoder.pt", "diffusion": "diffusion.pt", "stats": "stats.safetensors",
@@ -81,9 +78,8 @@ class GeneratorBundle:
             raise BundleError(f"generator bundle {folder} lacks {missing}")
         self.spec = json.loads((folder / "spec.json").read_text())
         self._check_installed()
-        denoiser, scheduler_config, scale = load_diffusion(folder / FILES["diffusion"])
-        self.generator = Generator(load_autoencoder(folder / FILES["autoencoder"]), denoiser, scheduler_config, scale,
-                                   Normalizer.load(folder / FILES["stats"]))
+        self.generator = load_generator(folder / FILES["autoencoder"], folder / FILES["diffusion"],
+                                        folder / FILES["stats"])
         with safe_open(str(folder / FILES["conditions"]), "pt") as handle:
             self.conditions = handle.get_tensor("conditions")
         self.layouts, _, self.num_labels = read_layouts(folder / FILES["layout"])

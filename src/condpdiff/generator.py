@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from condpdiff.autoencoder import Autoencoder
+from condpdiff.autoencoder import Autoencoder, load_autoencoder
 from condpdiff.denoiser import Denoiser
-from condpdiff.diffusion import sample_latents
+from condpdiff.diffusion import load_diffusion, sample_latents
 from condpdiff.normalize import Normalizer
 
 
@@ -38,3 +39,9 @@ class Generator:
         if not torch.isfinite(vectors).all():
             raise FloatingPointError("generated weights hold NaN or inf")
         return vectors.contiguous()
+
+
+def load_generator(autoencoder: Path, diffusion: Path, stats: Path) -> Generator:
+    """A generator from the files the autoencoder, diffusion and normalize stages write."""
+    denoiser, scheduler_config, latent_scale = load_diffusion(diffusion)
+    return Generator(load_autoencoder(autoencoder), denoiser, scheduler_config, latent_scale, Normalizer.load(stats))
