@@ -64,14 +64,44 @@ def test_study_direction_mismatch_and_bad_storage(tmp_path):
         ablation_grid("layers", [1], [])
 
 
+def _rows(path: Path) -> dict[str, str]:
+    return {line.split(" | ")[0].strip("| "): line for line in path.read_text().splitlines()
+            if line.startswith("| ") and "COMPLETE" in line}
+
+
 def test_ablate_norm_makes_a_three_row_table(tiny_corpus, tmp_path):
     params = load_params(tiny_corpus / "params.yaml")
-    path = run_ablation("norm", params, ablation_grid("norm", [1], []), tiny_corpus / "outputs" / "prepared",
-                        tiny_corpus / "outputs" / "corpus", f"sqlite:///{tmp_path / 'a.db'}", tmp_path,
-                        tasks=["sst2", "stsb"])
-    rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and "COMPLETE" in line]
-    assert len(rows) == 3 and {r.split(" | ")[0].strip("| ") for r in rows} == {"none", "batch", "task"}
+    prepared, corpus, storage = tiny_corpus / "outputs" / "prepared", tiny_corpus / "outputs" / "corpus", \
+        f"sqlite:///{tmp_path / 'a.db'}"
+    cache = tmp_path / "cache"
+    path = run_ablation("norm", params, ablation_grid("norm", [1], []), prepared, corpus, storage, tmp_path,
+                        tasks=["sst2", "stsb"], cache=cache)
+    rows = _rows(path)
+    assert set(rows) == {"none", "batch", "task"} and not any("cached" in r for r in rows.values())
     assert (tmp_path / "ablation_norm.csv").is_file()
+    # another grid's default row (every layer = the norm grid's `task` row) is reused, not recomputed
+    path = run_ablation("layers", params, ["0-5"], prepared, corpus, storage, tmp_path, tasks=["sst2", "stsb"],
+                        cache=cache)
+    task_cells, reused_cells = rows["task"].split(" | "), _rows(path)["0-5"].split(" | ")
+    assert "(cached)" in reused_cells[2] and reused_cells[3:5] == task_cells[3:5]
+
+
+def test_equal_variants_share_cache_keys(tiny_corpus):
+    from condpdiff.ablation import Variant, _keys
+
+    params = load_params(tiny_corpus / "params.yaml")
+
+    def keys(**change):
+        return _keys(params, Variant(**change), ["sst2", "stsb"], tiny_corpus / "outputs" / "prepared",
+                     tiny_corpus / "outputs" / "corpus")
+
+    default = keys()
+    assert keys(layers="0-5") == keys(n=params.collect.keep_last) == keys(norm="task") == default
+    assert keys(condition="text_fewshot") == default
+    onehot = keys(condition="onehot")
+    assert onehot[0] == default[0] and onehot[1] != default[1]  # same autoencoder, another row
+    for other in (keys(n=1), keys(layers="0-1"), keys(norm="batch")):
+        assert other[0] != default[0] and other[1] != default[1]
 
 
 def test_layer_mask_covers_the_chosen_layers_and_the_head():

@@ -3,17 +3,24 @@ conditions -> diffusion -> generate -> score. It never fine-tunes: a downstream 
 the corpus, taking its last `n` checkpoints and generating only the chosen layers' LoRA
 (the other layers keep the corpus soup's values, as in the paper's parameter-subset study).
 
+Grids share work through a cache folder: two variants that train the same generator (n=N is
+the whole corpus; a layer range covering every layer is all layers; each grid's default row is
+the same run) share one result, and variants that differ only after the autoencoder share it.
+
 Knows nothing of MLflow or Optuna; `condpdiff.tune` drives it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass, replace
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, train_autoencoder
+from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, load_autoencoder, save_autoencoder, train_autoencoder
 from condpdiff.conditions import build_conditions
 from condpdiff.config import ConditionType, Norm, Params
 from condpdiff.corpus import load_task_corpus, pad_to
@@ -55,13 +62,64 @@ def generated_mask(layout: Layout, padded_length: int, layers: range | None) -> 
     return mask
 
 
+def _apply(params: Params, variant: Variant) -> Params:
+    return replace(params, norm=Norm(variant.norm) if variant.norm else params.norm,
+                   conditions=replace(params.conditions, type=ConditionType(variant.condition))
+                   if variant.condition else params.conditions)
+
+
+def _digest(*parts) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return hasher.hexdigest()[:16]
+
+
+def _canonical(variant: Variant, tasks: list[str], corpus_dir: Path) -> tuple[int | None, range | None]:
+    """The variant's n and layers with the no-op values (the whole corpus, every layer) as None."""
+    layouts, _, _ = read_layouts(corpus_dir / "layout.json")
+    kept = {len(load_task_corpus(corpus_dir / f"{t}.safetensors")[1]) for t in tasks}
+    n = None if variant.n is not None and kept == {variant.n} else variant.n
+    layers = parse_layers(variant.layers) if variant.layers else None
+    present = {int(m[1]) for t in tasks for name in layouts[t].names if (m := LAYER.search(name))}
+    return n, None if layers is not None and present <= set(layers) else layers
+
+
+def _keys(params: Params, variant: Variant, tasks: list[str], prepared: Path, corpus_dir: Path) -> tuple[str, str]:
+    """(autoencoder key, row key): hashes of everything that decides the autoencoder / the row's scores."""
+    n, layers = _canonical(variant, tasks, corpus_dir)
+    params = _apply(params, variant)
+    corpus = _digest(*[(corpus_dir / f).read_bytes() for f in ["layout.json", *(f"{t}.safetensors" for t in tasks)]])
+    upstream = [corpus, tasks, n, list(layers) if layers else None, params.norm, params.seed,
+                asdict(params.autoencoder)]
+    data = _digest(*[(prepared / t / f"{s}.jsonl").read_bytes() for t in tasks for s in ("train", "select", "eval")])
+    downstream = [data, asdict(params.base), asdict(params.conditions), asdict(params.diffusion),
+                  asdict(params.generate), asdict(params.evaluate)]
+    return _digest(*upstream), _digest(*upstream, *downstream)
+
+
+def run_row(params: Params, variant: Variant, tasks: list[str], prepared: Path, corpus_dir: Path,
+            cache: Path | None) -> tuple[dict[str, dict[str, float]], float, bool]:
+    """One grid row: (results, seconds it took to compute, whether it came from the cache)."""
+    autoencoder_key, row_key = _keys(params, variant, tasks, prepared, corpus_dir) if cache else (None, None)
+    row_file = cache / f"row-{row_key}.json" if cache else None
+    if row_file and row_file.is_file():
+        stored = json.loads(row_file.read_text())
+        return stored["results"], stored["seconds"], True
+    start = time.perf_counter()
+    results = run_variant(params, variant, tasks, prepared, corpus_dir,
+                          autoencoder_file=cache / f"autoencoder-{autoencoder_key}.pt" if cache else None)
+    seconds = time.perf_counter() - start
+    if row_file:
+        row_file.write_text(json.dumps({"variant": asdict(variant), "results": results, "seconds": seconds}))
+    return results, seconds, False
+
+
 def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Path, corpus_dir: Path,
-                score_eval: bool = True) -> dict[str, dict[str, float]]:
+                score_eval: bool = True, autoencoder_file: Path | None = None) -> dict[str, dict[str, float]]:
     """Train a generator on `tasks` under `variant`; per task, the generated adapter that is best on
-    `select` and its `eval` score, plus the best original's select score for reference."""
-    params = replace(params, norm=Norm(variant.norm) if variant.norm else params.norm,
-                     conditions=replace(params.conditions, type=ConditionType(variant.condition))
-                     if variant.condition else params.conditions)
+    `select` and its `eval` score. An `autoencoder_file` is reused when it exists, written when not."""
+    params = _apply(params, variant)
     layouts, padded_length, num_labels = read_layouts(corpus_dir / "layout.json")
     unknown = [t for t in tasks if t not in layouts]
     if unknown:
@@ -81,10 +139,16 @@ def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Pa
     normalized = normalizer.transform(corpus, task_index)
 
     a = params.autoencoder
-    autoencoder = train_autoencoder(
-        Autoencoder(AutoencoderSpec(corpus.shape[1], tuple(a.channels), a.latent_channels, a.stride,
-                                    a.input_noise, a.latent_noise)),
-        normalized, a.steps, a.batch_size, a.lr, params.seed)
+    if autoencoder_file is not None and autoencoder_file.is_file():
+        autoencoder = load_autoencoder(autoencoder_file)
+    else:
+        autoencoder = train_autoencoder(
+            Autoencoder(AutoencoderSpec(corpus.shape[1], tuple(a.channels), a.latent_channels, a.stride,
+                                        a.input_noise, a.latent_noise)),
+            normalized, a.steps, a.batch_size, a.lr, params.seed)
+        if autoencoder_file is not None:
+            autoencoder_file.parent.mkdir(parents=True, exist_ok=True)
+            save_autoencoder(autoencoder, autoencoder_file)
     with torch.inference_mode():
         latents = autoencoder.encode(normalized)
     train = {t: read_jsonl(prepared / t / "train.jsonl") for t in tasks}

@@ -50,7 +50,7 @@ def _ablate(args) -> None:
     n_grid = args.n_grid or sorted({1, keep // 4, keep // 2, keep} - {0})
     grid = ablation_grid(args.name, n_grid, args.layer_grid)
     path = run_ablation(args.name, params, grid, Path(args.prepared), Path(args.corpus), args.storage,
-                        Path(args.out), args.tasks)
+                        Path(args.out), args.tasks, None if args.no_cache else Path(args.cache))
     print(path.read_text())
 
 
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ablate.add_argument("--n-grid", type=int, nargs="+", help="default: 1, N/4, N/2, N (N = collect.keep_last)")
     ablate.add_argument("--layer-grid", nargs="+", default=["0-1", "0-2", "0-4", "0-5"])
     ablate.add_argument("--storage")
+    ablate.add_argument("--cache", default="outputs/ablation/cache",
+                        help="rows and autoencoders shared by identical runs across grids")
+    ablate.add_argument("--no-cache", action="store_true", help="compute every row afresh")
     ablate.add_argument("--out", default="reports")
     ablate.set_defaults(run=_ablate)
     args = parser.parse_args(argv)

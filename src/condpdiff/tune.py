@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import optuna
 
-from condpdiff.ablation import Variant, run_variant
+from condpdiff.ablation import Variant, run_row
 from condpdiff.config import TASKS, Params
 from condpdiff.finetune import finetune_and_collect, score_vector
 from condpdiff.glue import TASK_SPECS, headline, read_jsonl
@@ -161,8 +161,9 @@ def ablation_grid(name: str, n_grid: list[int], layer_grid: list[str]) -> list:
 
 
 def run_ablation(name: str, params: Params, grid: list, prepared: Path, corpus: Path, storage: str | None,
-                 out_dir: Path, tasks: list[str] = ABLATION_TASKS) -> Path:
-    """Each grid value is one Optuna trial (GridSampler); writes reports/ablation_<name>.md and .csv."""
+                 out_dir: Path, tasks: list[str] = ABLATION_TASKS, cache: Path | None = None) -> Path:
+    """Each grid value is one Optuna trial (GridSampler); writes reports/ablation_<name>.md and .csv.
+    With a `cache` folder, a row already computed with identical inputs (by any grid) is reused."""
     study = open_study(f"ablation-{name}-{int(time.time())}", storage or default_storage(), "maximize",
                        sampler=optuna.samplers.GridSampler({name: grid}, seed=params.seed))
     parent = _study_run(study, f"ablate-{name}")
@@ -170,14 +171,15 @@ def run_ablation(name: str, params: Params, grid: list, prepared: Path, corpus: 
     def objective(trial: optuna.Trial) -> float:
         value = trial.suggest_categorical(name, grid)
         with _trial_run(study, trial, parent):
-            start = time.perf_counter()
-            results = run_variant(params, Variant(**{name: value}), tasks, prepared, corpus)
-            seconds = time.perf_counter() - start
+            mlflow.log_param(name, value)
+            results, seconds, cached = run_row(params, Variant(**{name: value}), tasks, prepared, corpus, cache)
             for task, scores in results.items():
                 mlflow.log_metrics({f"{task}_{k}": v for k, v in scores.items()})
                 trial.set_user_attr(task, scores)
             trial.set_user_attr("seconds", seconds)
+            trial.set_user_attr("cached", cached)
             mlflow.log_metric("seconds", seconds)
+            mlflow.set_tag("cached", str(cached).lower())
             return sum(s["select_best"] for s in results.values()) / len(results)
 
     study.optimize(objective, n_trials=len(grid), catch=(Exception,))
@@ -195,7 +197,8 @@ def write_ablation_report(name: str, study: optuna.Study, tasks: list[str], out_
         value = trial.params.get(name, "?")
         scores = [trial.user_attrs.get(t, {}) for t in tasks]
         reference = paper.get(value, paper.get(str(value), ("", "", "")))
-        rows.append([value, trial.state.name, f"{trial.user_attrs.get('seconds', 0):.0f}"]
+        seconds = f"{trial.user_attrs.get('seconds', 0):.0f}" + (" (cached)" if trial.user_attrs.get("cached") else "")
+        rows.append([value, trial.state.name, seconds]
                     + [f"{s['eval']:.2f}" if "eval" in s else "" for s in scores]
                     + [f"{s['select_best']:.2f}" if "select_best" in s else "" for s in scores]
                     + [str(v) for v in reference])
@@ -203,7 +206,9 @@ def write_ablation_report(name: str, study: optuna.Study, tasks: list[str], out_
         csv.writer(handle).writerows([header, *rows])
     lines = [f"# Ablation: {name}", "",
              "Generated adapter best on `select`, its `eval` score (x100). Paper: Cond P-Diff, BERT r=1 "
-             "(their N grid is 1/100/200/500 and their layers 0-11; ours follow the 6-layer MiniLM and N=100).", "",
+             "(their N grid is 1/100/200/500 and their layers 0-11; ours follow the 6-layer MiniLM and N=100). "
+             "`seconds` is the time the row took to compute; \"(cached)\" marks a row reused from an identical "
+             "earlier run, such as another grid's default row.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     path = out_dir / f"ablation_{name}.md"
