@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from condpdiff.config import load_params
-from condpdiff.tune import TuneError, ablation_grid, open_study, run_ablation
+from condpdiff.tune import TuneError, ablation_grid, open_study, run_ablation, run_tune
 from conftest import copy_repo
 
 pytestmark = pytest.mark.slow
@@ -62,6 +62,9 @@ def test_study_direction_mismatch_and_bad_storage(tmp_path):
         ablation_grid("depth", [1], ["0-1"])
     with pytest.raises(TuneError, match="empty"):
         ablation_grid("layers", [1], [])
+    params = load_params(Path(__file__).parents[1] / "profiles" / "tiny.yaml")
+    with pytest.raises(TuneError, match="ranks"):
+        run_tune(params, tmp_path, ["sst2"], 1, 4, storage, "s", tmp_path / "best.txt", ranks=[3])
 
 
 def _rows(path: Path) -> dict[str, str]:

@@ -37,7 +37,7 @@ def _tune(args) -> None:
 
     params = load_params(args.params)
     text = run_tune(params, Path(args.prepared), args.tasks, args.trials, args.steps or params.collect.steps,
-                    args.storage, args.study, Path(args.out))
+                    args.storage, args.study, Path(args.out), args.ranks)
     print(text or "no completed trial yet")
 
 
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--tasks", nargs="+", default=["sst2", "stsb", "mrpc"])
     tune.add_argument("--trials", type=int, default=10, help="trials for this worker (0: only create the study)")
     tune.add_argument("--steps", type=int, help="fine-tuning steps a trial (default: collect.steps)")
+    tune.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="LoRA ranks to search")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite under mlruns/); share it across workers")
     tune.add_argument("--study", default="lora-search")
     tune.add_argument("--out", default="reports/tune_best.txt")

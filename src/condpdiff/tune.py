@@ -73,13 +73,14 @@ def _trial_run(study: optuna.Study, trial: optuna.Trial, parent: str):
                             tags={"optuna_study": study.study_name, "optuna_trial": str(trial.number)})
 
 
-def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int, study: optuna.Study, parent: str):
+def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int, study: optuna.Study, parent: str,
+                   ranks: list[int] = RANKS):
     """Mean `select` headline of the fine-tuned adapters (never `eval`), pruned on intermediate scores."""
     tokenizer = load_tokenizer(params.base)
     data = {t: {s: read_jsonl(prepared / t / f"{s}.jsonl") for s in ("train", "select")} for t in tasks}
 
     def objective(trial: optuna.Trial) -> float:
-        r = trial.suggest_categorical("lora.r", RANKS)
+        r = trial.suggest_categorical("lora.r", ranks)
         alpha = trial.suggest_categorical("lora.alpha", ALPHAS)
         lr = trial.suggest_float("collect.lr_lora", 1e-4, 1e-2, log=True)
         lora = replace(params.lora, r=r, alpha=alpha)
@@ -122,10 +123,14 @@ def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int,
 
 
 def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, steps: int, storage: str | None,
-             study_name: str, out: Path) -> str | None:
+             study_name: str, out: Path, ranks: list[int] = RANKS) -> str | None:
+    """`ranks` narrows the rank choices (every worker of a study must pass the same ones): the generator's
+    cost grows with the LoRA vector, so r=16 makes the applied `dvc exp run` far slower on CPU."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise TuneError(f"unknown task(s) {unknown}")
+    if not ranks or any(r not in RANKS for r in ranks):
+        raise TuneError(f"ranks must be a non-empty subset of {RANKS}, got {ranks}")
     missing = [t for t in tasks if not (prepared / t / "select.jsonl").is_file()]
     if missing:
         raise TuneError(f"no prepared splits for {missing} in {prepared}: run `dvc repro prepare`")
@@ -133,7 +138,7 @@ def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, step
                        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=steps // 2))
     parent = _study_run(study, "tune")
     if trials > 0:
-        study.optimize(lora_objective(params, prepared, tasks, steps, study, parent), n_trials=trials,
+        study.optimize(lora_objective(params, prepared, tasks, steps, study, parent, ranks), n_trials=trials,
                        catch=(Exception,))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
