@@ -89,6 +89,20 @@ def test_ablate_norm_makes_a_three_row_table(tiny_corpus, tmp_path):
     assert "(cached)" in reused_cells[2] and reused_cells[3:5] == task_cells[3:5]
 
 
+def test_bad_ablation_input_fails_before_any_row(tiny_corpus, tmp_path):
+    params = load_params(tiny_corpus / "params.yaml")
+    prepared, corpus = tiny_corpus / "outputs" / "prepared", tiny_corpus / "outputs" / "corpus"
+    storage = f"sqlite:///{tmp_path / 'bad.db'}"
+    cases = [("n", [1, 99], corpus, "outside 1..4"), ("layers", ["4-0"], corpus, "layers must look like"),
+             ("norm", ["task"], tmp_path / "nowhere", "dvc repro collect")]
+    for name, grid, where, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run_ablation(name, params, grid, prepared, where, storage, tmp_path, tasks=["sst2", "stsb"])
+    with pytest.raises(TuneError, match="not in the corpus"):
+        run_ablation("norm", params, ["task"], prepared, corpus, storage, tmp_path, tasks=["mrpc"])
+    assert optuna.get_all_study_summaries(storage) == []  # no study was opened, no row ran
+
+
 def test_equal_variants_share_cache_keys(tiny_corpus):
     from condpdiff.ablation import Variant, _keys
 

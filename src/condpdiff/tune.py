@@ -14,8 +14,9 @@ from pathlib import Path
 import mlflow
 import optuna
 
-from condpdiff.ablation import Variant, run_row
+from condpdiff.ablation import Variant, parse_layers, run_row
 from condpdiff.config import TASKS, Params
+from condpdiff.corpus import load_task_corpus
 from condpdiff.finetune import finetune_and_collect, score_vector
 from condpdiff.glue import TASK_SPECS, headline, read_jsonl
 from condpdiff.lora import build_peft_model, flatten_model, load_tokenizer, model_layout
@@ -30,7 +31,8 @@ PAPER = {  # Cond P-Diff, BERT r=1, SST-2 / STS-B / MRPC
     "condition": {"onehot": (90.05, 77.12, 80.34), "learned": (90.10, 80.03, 81.81), "text": (90.25, 80.32, 81.98),
                   "text_fewshot": (91.63, 81.81, 87.24)},
     "layers": {"0-1": (91.63, 81.43, 83.45), "0-4": (91.63, 81.45, 83.61), "0-8": (91.63, 81.80, 85.61),
-               "0-11": (91.63, 81.81, 87.24)},
+               "0-11": (91.63, 81.81, 87.24),
+               "0-5": (91.63, 81.81, 87.24)},  # all layers: our 6-layer 0-5 beside their 12-layer 0-11
 }
 
 
@@ -165,10 +167,28 @@ def ablation_grid(name: str, n_grid: list[int], layer_grid: list[str]) -> list:
     return list(grid)
 
 
+def check_ablation_inputs(name: str, grid: list, corpus: Path, tasks: list[str]) -> None:
+    """Bad input is an error before any row trains: a missing corpus or task, n beyond the kept, bad layers."""
+    if not (corpus / "layout.json").is_file():
+        raise TuneError(f"no corpus at {corpus}: run `dvc repro collect` first")
+    missing = [t for t in tasks if not (corpus / f"{t}.safetensors").is_file()]
+    if missing:
+        raise TuneError(f"tasks {missing} are not in the corpus at {corpus}")
+    if name == "n":
+        kept = min(len(load_task_corpus(corpus / f"{t}.safetensors")[1]) for t in tasks)
+        beyond = [n for n in grid if not 1 <= n <= kept]
+        if beyond:
+            raise TuneError(f"n grid values {beyond} are outside 1..{kept}, the checkpoints the corpus at {corpus} keeps")
+    if name == "layers":
+        for text in grid:
+            parse_layers(text)
+
+
 def run_ablation(name: str, params: Params, grid: list, prepared: Path, corpus: Path, storage: str | None,
                  out_dir: Path, tasks: list[str] = ABLATION_TASKS, cache: Path | None = None) -> Path:
     """Each grid value is one Optuna trial (GridSampler); writes reports/ablation_<name>.md and .csv.
     With a `cache` folder, a row already computed with identical inputs (by any grid) is reused."""
+    check_ablation_inputs(name, grid, corpus, tasks)
     study = open_study(f"ablation-{name}-{int(time.time())}", storage or default_storage(), "maximize",
                        sampler=optuna.samplers.GridSampler({name: grid}, seed=params.seed))
     parent = _study_run(study, f"ablate-{name}")
@@ -198,7 +218,11 @@ def write_ablation_report(name: str, study: optuna.Study, tasks: list[str], out_
              [f"{TASK_SPECS[t].folder} select best" for t in tasks] + \
              [f"paper {TASK_SPECS[t].folder}" for t in ("sst2", "stsb", "mrpc")]
     rows = []
-    for trial in sorted(study.trials, key=lambda t: str(t.params.get(name, t.system_attrs.get("grid_id")))):
+    def order(trial: optuna.trial.FrozenTrial):  # the grid's order (1, 25, 50, 100), not the trials'
+        grid, value = trial.system_attrs.get("search_space", {}).get(name, []), trial.params.get(name)
+        return (grid.index(value) if value in grid else len(grid), str(value))
+
+    for trial in sorted(study.trials, key=order):
         value = trial.params.get(name, "?")
         scores = [trial.user_attrs.get(t, {}) for t in tasks]
         reference = paper.get(value, paper.get(str(value), ("", "", "")))
