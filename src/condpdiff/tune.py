@@ -218,6 +218,7 @@ def write_ablation_report(name: str, study: optuna.Study, tasks: list[str], out_
              [f"{TASK_SPECS[t].folder} select best" for t in tasks] + \
              [f"paper {TASK_SPECS[t].folder}" for t in ("sst2", "stsb", "mrpc")]
     rows = []
+
     def order(trial: optuna.trial.FrozenTrial):  # the grid's order (1, 25, 50, 100), not the trials'
         grid, value = trial.system_attrs.get("search_space", {}).get(name, []), trial.params.get(name)
         return (grid.index(value) if value in grid else len(grid), str(value))
