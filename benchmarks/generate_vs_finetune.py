@@ -5,11 +5,13 @@ Needs the outputs of `dvc repro` (outputs/). Prints ratios, not absolute claims:
 """
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from condpdiff.artifacts import LAYOUTS, GeneratorFiles, split_file
 from condpdiff.config import load_params
 from condpdiff.finetune import finetune_and_collect
 from condpdiff.generator import load_generator
@@ -24,10 +26,11 @@ args = parser.parse_args()
 params = load_params("params.yaml")
 torch.set_flush_denormal(True)
 
-layouts, _, _ = read_layouts(args.outputs / "corpus" / "layout.json")
-generator = load_generator(args.outputs / "autoencoder" / "model.pt", args.outputs / "diffusion" / "model.pt",
-                           args.outputs / "normalized" / "stats.safetensors")
-with safe_open(str(args.outputs / "conditions" / "conditions.safetensors"), "pt") as handle:
+layouts, _, _ = read_layouts(args.outputs / "corpus" / LAYOUTS)
+files = GeneratorFiles.from_outputs(*(args.outputs / stage for stage in
+                                      ("corpus", "normalized", "autoencoder", "conditions", "diffusion")))
+generator = load_generator(files)
+with safe_open(str(files.conditions), "pt") as handle:
     conditions = handle.get_tensor("conditions")
 index = params.data.tasks.index(args.task)
 
@@ -38,9 +41,9 @@ for sampler, steps in (("ddpm", 1000), ("ddim", 50)):
     timings[f"generate_{sampler}_{steps}"] = time.perf_counter() - start
 
 model = build_peft_model(params.base, params.lora, TASK_SPECS[args.task].num_labels, params.seed)
-train = read_jsonl(args.outputs / "prepared" / args.task / "train.jsonl")
+train = read_jsonl(split_file(args.outputs / "prepared" / args.task, "train"))
 steps = args.finetune_steps
-config = params.collect.__class__(**{**params.collect.__dict__, "steps": steps, "keep_last": 1})
+config = replace(params.collect, steps=steps, keep_last=1)
 start = time.perf_counter()
 finetune_and_collect(model, load_tokenizer(params.base), args.task, train, config, model_layout(model),
                      params.base.max_length, params.seed)

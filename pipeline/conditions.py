@@ -6,27 +6,32 @@ from pathlib import Path
 import mlflow
 from safetensors.torch import save_file
 
+from condpdiff.artifacts import CONDITION_TEXTS, CONDITIONS, split_file
 from condpdiff.conditions import build_conditions
 from condpdiff.config import load_params
 from condpdiff.glue import read_jsonl
 from condpdiff.tracking import stage_run
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--params", default="params.yaml")
-parser.add_argument("--prepared", type=Path, required=True)
-parser.add_argument("--out", type=Path, required=True)
-args = parser.parse_args()
-params = load_params(args.params)
 
-with stage_run("conditions", params, ("conditions", "seed")):
-    tasks = params.data.tasks
-    train = {t: read_jsonl(args.prepared / t / "train.jsonl") for t in tasks}
-    vectors, texts, encoder = build_conditions(params.conditions, params.base, tasks, train, params.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_file({"conditions": vectors.contiguous()}, str(args.out / "conditions.safetensors"),
-              metadata={"type": params.conditions.type.value, "encoder": encoder, "tasks": ",".join(tasks)})
-    record = {"type": params.conditions.type.value, "encoder": encoder, "texts": dict(zip(tasks, texts))}
-    (args.out / "conditions.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    mlflow.log_dict(record, "conditions.json")
-    similarity = vectors @ vectors.T
-    print("condition cosine similarity between tasks:\n", similarity.numpy().round(2))
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    params = load_params(args.params)
+    with stage_run("conditions", params):
+        tasks = params.data.tasks
+        train = {t: read_jsonl(split_file(args.prepared / t, "train")) for t in tasks}
+        vectors, texts, encoder = build_conditions(params.conditions, params.base, tasks, train, params.seed)
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_file({"conditions": vectors.contiguous()}, str(args.out / CONDITIONS),
+                  metadata={"type": params.conditions.type.value, "encoder": encoder, "tasks": ",".join(tasks)})
+        record = {"type": params.conditions.type.value, "encoder": encoder, "texts": dict(zip(tasks, texts))}
+        (args.out / CONDITION_TEXTS).write_text(json.dumps(record, indent=1, ensure_ascii=False))
+        mlflow.log_dict(record, CONDITION_TEXTS)
+        print("condition cosine similarity between tasks:\n", (vectors @ vectors.T).numpy().round(2))
+
+
+if __name__ == "__main__":
+    main()

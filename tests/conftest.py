@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from condpdiff.config import load_params
+
 REPO = Path(__file__).resolve().parents[1]
+TINY_PARAMS = load_params(REPO / "profiles" / "tiny.yaml")  # tests build from the params file, as stages do
 
 
 @pytest.fixture(autouse=True)

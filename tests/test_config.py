@@ -1,10 +1,24 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from condpdiff.config import ConfigError, Norm, load_params, params_hash
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
+
+
+def _write(tmp_path: Path, tree: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _edit(section: str | None, key: str, value) -> dict:
+    tree = yaml.safe_load(yaml.safe_dump(TINY))
+    (tree if section is None else tree[section])[key] = value
+    return tree
 
 
 def test_default_and_profiles_load():
@@ -13,19 +27,28 @@ def test_default_and_profiles_load():
         assert params.norm in Norm
 
 
-@pytest.mark.parametrize("text, names", [
-    ("norm: foo\n", "norm"),
-    ("collect:\n  stepz: 3\n", "collect.stepz"),
-    ("collect:\n  steps: abc\n", "collect.steps"),
-    ("data:\n  tasks: [sst2, mnli]\n", "mnli"),
-    ("generate:\n  samples: 0\n", "generate.samples"),
-    ("unknown_section: 1\n", "unknown_section"),
+@pytest.mark.parametrize("tree, names", [
+    (_edit(None, "norm", "foo"), "norm"),
+    (_edit("collect", "stepz", 3), "collect.stepz"),
+    (_edit("collect", "steps", "abc"), "collect.steps"),
+    (_edit("data", "tasks", ["sst2", "mnli"]), "mnli"),
+    (_edit("generate", "samples", 0), "generate.samples"),
+    (_edit(None, "unknown_section", 1), "unknown_section"),
+    (_edit("diffusion", "grad_clip", -1.0), "diffusion.grad_clip"),
 ])
-def test_bad_params_name_the_key(tmp_path, text, names):
-    path = tmp_path / "params.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
-        load_params(path)
+def test_bad_params_name_the_key_in_one_line(tmp_path, tree, names):
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")) as error:
+        load_params(_write(tmp_path, tree))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("section, key", [("autoencoder", "weight_decay"), (None, "seed"), ("data", "tasks")])
+def test_a_missing_key_is_an_error_not_a_default(tmp_path, section, key):
+    tree = yaml.safe_load(yaml.safe_dump(TINY))
+    del (tree if section is None else tree[section])[key]
+    with pytest.raises(ConfigError, match=key) as error:
+        load_params(_write(tmp_path, tree))
+    assert "\n" not in str(error.value)
 
 
 def test_missing_file_is_named(tmp_path):
@@ -34,7 +57,6 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_hash_changes_with_norm(tmp_path):
-    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    a.write_text("norm: task\n")
-    b.write_text("norm: batch\n")
-    assert params_hash(load_params(a)) != params_hash(load_params(b))
+    a = load_params(_write(tmp_path, _edit(None, "norm", "task")))
+    b = load_params(_write(tmp_path, _edit(None, "norm", "batch")))
+    assert params_hash(a) != params_hash(b)

@@ -37,10 +37,12 @@ def test_spaced_indices():
 
 
 def test_learning_rate_drops_over_the_kept_window():
-    from condpdiff.config import CollectConfig
-    from condpdiff.finetune import kept_steps, lr_factor
+    from dataclasses import replace
 
-    cfg = CollectConfig(steps=20, warmup_steps=4, keep_last=5, kept_lr_factor=0.1)
+    from condpdiff.finetune import kept_steps, lr_factor
+    from conftest import TINY_PARAMS
+
+    cfg = replace(TINY_PARAMS.collect, steps=20, warmup_steps=4, keep_last=5, stride=1, kept_lr_factor=0.1)
     first = min(kept_steps(cfg))
     assert kept_steps(cfg) == [16, 17, 18, 19, 20]
     assert [lr_factor(s, cfg, first) for s in (1, 2, 4, 15, 16, 20)] == [0.25, 0.5, 1.0, 1.0, 0.1, 0.1]

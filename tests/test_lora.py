@@ -6,11 +6,11 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from condpdiff.config import BaseModelConfig, LoraConfig
 from condpdiff.lora import (build_peft_model, flatten_model, flatten_state, load_base_model, load_vector,
                             merged_weight, model_layout, unflatten_vector, write_adapter)
+from conftest import TINY_PARAMS
 
-BASE, LORA = BaseModelConfig(), LoraConfig()
+BASE, LORA = TINY_PARAMS.base, TINY_PARAMS.lora
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,13 @@ def test_written_adapter_loads_with_no_missing_or_unexpected_keys(model, tmp_pat
     assert not [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
     loaded.set_adapter("default")
     assert torch.equal(flatten_model(loaded, layout), vector)
+
+
+def test_layer_mask_covers_the_chosen_layers_and_the_head():
+    layout = model_layout(build_peft_model(TINY_PARAMS.base, TINY_PARAMS.lora, 2, seed=0))
+    mask = layout.mask(range(0, 2), length=layout.length + 3)
+    for name, shape, offset in zip(layout.names, layout.shapes, layout.offsets):
+        expected = not layout.is_lora(name) or ".layer.0." in name or ".layer.1." in name
+        assert bool(mask[offset]) == expected, name
+    assert int(mask.sum()) == 2 * 4 * 2 * 384 + 2 * 384 + 2 and not mask[layout.length:].any()
+    assert bool(layout.mask().all()) and layout.layer_indices() == set(range(6))

@@ -1,4 +1,7 @@
 """The autoencoder and the denoiser, on tiny shapes."""
+import pickle
+
+import pytest
 import torch
 
 from condpdiff.autoencoder import Autoencoder, AutoencoderSpec
@@ -7,7 +10,8 @@ from condpdiff.diffusion import make_scheduler, q_sample
 
 
 def test_autoencoder_shapes_for_length_not_divisible_by_stride():
-    spec = AutoencoderSpec(length=1001, channels=(4, 8), latent_channels=3, stride=4)
+    spec = AutoencoderSpec(length=1001, channels=(4, 8), latent_channels=3, stride=4, input_noise=0.001,
+                           latent_noise=0.001)
     model = Autoencoder(spec).eval()
     x = torch.randn(5, 1001)
     z = model.encode(x)
@@ -64,3 +68,25 @@ def test_q_sample_at_t0_is_almost_x0():
     assert (xt - x0).abs().max() < 0.05
     far = q_sample(scheduler, x0, noise, torch.tensor([999, 999]))
     assert torch.allclose(far, noise, atol=0.05)
+
+
+class _Payload:
+    """Stands for code hidden in a model file: unpickling it would run arbitrary code."""
+
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
+def test_model_files_load_weights_only(tmp_path):
+    from condpdiff.autoencoder import load_autoencoder
+    from condpdiff.diffusion import load_diffusion, save_diffusion
+
+    model = _denoiser()
+    save_diffusion(model, make_scheduler(20, "linear"), 1.5, tmp_path / "model.pt")
+    loaded, config, scale = load_diffusion(tmp_path / "model.pt")
+    assert scale == 1.5 and config["num_train_timesteps"] == 20
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    torch.save({"spec": {}, "state_dict": {}, "payload": _Payload()}, tmp_path / "evil.pt")
+    for load in (load_diffusion, load_autoencoder):
+        with pytest.raises(pickle.UnpicklingError):
+            load(tmp_path / "evil.pt")

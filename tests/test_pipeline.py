@@ -1,25 +1,82 @@
-"""The whole pipeline: the real `dvc repro` on the tiny profile, in a temporary copy of the repo."""
+"""The whole pipeline: the real `dvc repro` on the tiny profile, in a temporary copy of the repo.
+
+One repro is shared by the module (it takes minutes); each test puts the copy back as it found
+it (the committed params.yaml and dvc.lock, every output as the lock says), even when it fails.
+Every stage run of the module lands in the copy's own MLflow store.
+"""
+import contextlib
+import hashlib
+import os
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
 from conftest import copy_repo
 
 pytestmark = pytest.mark.slow
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _store(repo: Path) -> str:
+    return f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+
+
+def _run(repo: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": _store(repo)}
+    result = subprocess.run(list(command), cwd=repo, capture_output=True, text=True, env=env)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _commit(repo: Path, message: str) -> str:
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+    return _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+
+
+@contextlib.contextmanager
+def _restored(repo: Path):
+    """Whatever the test does, end on the committed HEAD with every output checked out."""
+    head = _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    try:
+        yield head
+    finally:
+        _run(repo, "git", "checkout", "-q", "-f", "main", check=False)
+        _run(repo, "git", "reset", "-q", "--hard", head)
+        _run(repo, DVC, "checkout", "-f", check=False)
+
+
+def _snapshot(repo: Path) -> dict[str, str]:
+    """md5 of every file the pipeline produced."""
+    return {p.relative_to(repo).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for folder in ("outputs", "metrics", "reports") for p in sorted((repo / folder).rglob("*")) if p.is_file()}
+
+
+def _set_param(repo: Path, dotted: str, value) -> None:
+    tree = yaml.safe_load((repo / "params.yaml").read_text())
+    *parents, key = dotted.split(".")
+    node = tree
+    for name in parents:
+        node = node[name]
+    node[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def _ran(output: str) -> set[str]:
+    """The stages `dvc repro` ran (not the ones it skipped)."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
 def _declared_outputs(repo: Path) -> list[Path]:
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    paths = []
-    for stage in stages.values():
-        for entry in stage.get("outs", []) + stage.get("metrics", []):
-            paths.append(repo / (entry if isinstance(entry, str) else next(iter(entry))))
-    return paths
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return [repo / out["path"] for stage in lock.values() for out in stage.get("outs", [])]
 
 
 def _finite(tree) -> bool:
@@ -28,22 +85,90 @@ def _finite(tree) -> bool:
     return not isinstance(tree, float) or math.isfinite(tree)
 
 
-def test_tiny_dvc_repro_leaves_every_output(tmp_path, glue_dir):
-    repo = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, glue_dir) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
     copy_repo(repo, glue_dir)
-    dvc = Path(sys.executable).with_name("dvc")
-    result = subprocess.run([str(dvc), "repro"], cwd=repo, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for path in _declared_outputs(repo):
+    _run(repo, "git", "branch", "-M", "main")
+    _run(repo, DVC, "repro")
+    _commit(repo, "tiny run: dvc.lock")
+    return repo
+
+
+def test_tiny_dvc_repro_leaves_every_output(tiny_repo):
+    outputs = _declared_outputs(tiny_repo)
+    assert {"outputs/collect/sst2", "outputs/collect/stsb", "outputs/corpus"} <= \
+        {p.relative_to(tiny_repo).as_posix() for p in outputs}
+    for path in outputs:
         assert path.exists(), f"declared output missing: {path}"
         if path.is_dir():
             assert any(p.is_file() and p.stat().st_size > 0 for p in path.rglob("*")), f"empty output: {path}"
         else:
             assert path.stat().st_size > 0, f"empty output: {path}"
-    metrics = json.loads((repo / "metrics" / "eval.json").read_text())
+    metrics = json.loads((tiny_repo / "metrics" / "eval.json").read_text())
     assert metrics["eval"] and _finite(metrics)
-    assert "| generated (best on select) |" in (repo / "reports" / "table1.md").read_text()
-    adapter = repo / "outputs" / "generated" / "sst2" / "adapter_00"
+    assert "| generated (best on select) |" in (tiny_repo / "reports" / "table1.md").read_text()
+    adapter = tiny_repo / "outputs" / "generated" / "sst2" / "adapter_00"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
-    again = subprocess.run([str(dvc), "status"], cwd=repo, capture_output=True, text=True)
-    assert "up to date" in again.stdout.lower(), again.stdout
+    assert "up to date" in _run(tiny_repo, DVC, "status").stdout.lower()
+
+
+def test_a_typo_in_params_removes_nothing_and_names_the_key(tiny_repo):
+    before = _snapshot(tiny_repo)
+    text = (tiny_repo / "params.yaml").read_text()
+    with _restored(tiny_repo):
+        for typo, key in ((text.replace("\nautoencoder:", "\nautoencoderr:"), "autoencoderr"),
+                          (text.replace("\n  latent_noise:", "\n  latent_nois:"), "latent_nois")):
+            (tiny_repo / "params.yaml").write_text(typo)
+            result = _run(tiny_repo, DVC, "repro", check=False)
+            assert result.returncode != 0
+            lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
+            assert len(lines) == 1 and key in lines[0], result.stdout + result.stderr
+            assert "Traceback" not in result.stdout + result.stderr
+            assert _snapshot(tiny_repo) == before  # every output in place, byte for byte
+    assert "up to date" in _run(tiny_repo, DVC, "status").stdout.lower()
+
+
+def test_runs_that_differ_in_a_generate_param_show_it_on_the_evaluate_run(tiny_repo):
+    """What the MLflow compare view reads: the evaluate runs carry the generate param that made them differ."""
+    with _restored(tiny_repo):
+        _set_param(tiny_repo, "generate.inference_steps", 7)
+        ran = _ran(_run(tiny_repo, DVC, "repro").stdout)
+        assert {"generate", "evaluate"} <= ran and not any(s.startswith(("collect", "prepare")) for s in ran)
+        mlflow.set_tracking_uri(_store(tiny_repo))
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'evaluate'")
+        assert set(runs["params.generate.inference_steps"]) == {"5", "7"}
+        assert set(runs["params.generate.sampler"]) == {"ddim"}
+        assert runs["metrics.eval_average_generated"].notna().all()
+    assert "up to date" in _run(tiny_repo, DVC, "status").stdout.lower()
+
+
+def test_an_old_lock_restores_the_old_corpus(tiny_repo, tmp_path):
+    """Commit, change a collect param and re-run; the old lock and `dvc checkout` (or `dvc pull` from a
+    remote, with the cache gone) bring back the old corpus bytes."""
+    corpus = tiny_repo / "outputs" / "corpus" / "sst2.safetensors"
+    old_bytes = corpus.read_bytes()
+    with _restored(tiny_repo) as old_commit:
+        _run(tiny_repo, DVC, "remote", "add", "--local", "-f", "scratch", str(tmp_path / "remote"))
+        _run(tiny_repo, DVC, "push", "-r", "scratch")
+        _set_param(tiny_repo, "collect.lr_head", 0.01)
+        _run(tiny_repo, DVC, "repro")
+        assert corpus.read_bytes() != old_bytes
+        _commit(tiny_repo, "another corpus")
+        _run(tiny_repo, "git", "checkout", "-q", old_commit)
+        _run(tiny_repo, DVC, "checkout")
+        assert corpus.read_bytes() == old_bytes
+        _run(tiny_repo, "rm", "-rf", ".dvc/cache", "outputs")
+        _run(tiny_repo, DVC, "pull", "-r", "scratch")
+        assert corpus.read_bytes() == old_bytes
+    assert "up to date" in _run(tiny_repo, DVC, "status").stdout.lower()
+
+
+def test_adding_a_task_runs_only_its_own_prepare_and_collect(tiny_repo):
+    with _restored(tiny_repo):
+        _set_param(tiny_repo, "data.tasks", ["sst2", "stsb", "rte"])
+        ran = _ran(_run(tiny_repo, DVC, "repro").stdout)
+        assert {"prepare@rte", "collect@rte", "gather", "normalize", "evaluate"} <= ran
+        assert not ran & {"prepare@sst2", "prepare@stsb", "collect@sst2", "collect@stsb"}
+        assert (tiny_repo / "outputs" / "corpus" / "rte.safetensors").is_file()
+        assert "rte_generated" in json.loads((tiny_repo / "metrics" / "eval.json").read_text())["eval"]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -16,17 +16,19 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
+from condpdiff.artifacts import GeneratorFiles
 from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, save_autoencoder
-from condpdiff.bundle import BundleError, GeneratorBundle, Request, write_bundle
-from condpdiff.config import BaseModelConfig, DataConfig, GenerateConfig, LoraConfig, Norm, Params, Sampler
+from condpdiff.bundle import BundleError, GeneratorBundle, Request, file_sha256, write_bundle
+from condpdiff.config import Norm
 from condpdiff.denoiser import Denoiser, DenoiserSpec
 from condpdiff.diffusion import make_scheduler, save_diffusion
 from condpdiff.lora import build_peft_model, load_base_model, model_layout, save_layouts
 from condpdiff.normalize import fit_normalizer
-from condpdiff.registry import MODEL_NAME, PromotionRefused, promote, register_generator
+from condpdiff.registry import MODEL_NAME, PromotionRefused, lineage_tags, promote, register_generator
+from conftest import TINY_PARAMS
 
-PARAMS = Params(data=DataConfig(tasks=["sst2", "stsb"]),
-                generate=GenerateConfig(samples=2, sampler=Sampler.ddim, inference_steps=4))
+PARAMS = replace(TINY_PARAMS, data=replace(TINY_PARAMS.data, tasks=["sst2", "stsb"]),
+                 generate=replace(TINY_PARAMS.generate, inference_steps=4))
 
 
 def _free_port() -> int:
@@ -57,22 +59,23 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_parts(tmp_path_factory) -> dict[str, Path]:
+def trained_parts(tmp_path_factory) -> GeneratorFiles:
     """Small random-init parts with the real MiniLM layouts: enough to exercise the registry."""
     folder = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
-    layouts = {t: model_layout(build_peft_model(BaseModelConfig(), LoraConfig(), n, 0)) for t, n in (("sst2", 2), ("stsb", 1))}
+    layouts = {t: model_layout(build_peft_model(PARAMS.base, PARAMS.lora, n, 0)) for t, n in (("sst2", 2), ("stsb", 1))}
     length = max(layout.length for layout in layouts.values())
     save_layouts(folder / "layout.json", layouts, length, {"sst2": 2, "stsb": 1})
     corpus = torch.randn(8, length) * 0.01
     fit_normalizer(Norm.task, corpus, torch.tensor([0] * 4 + [1] * 4), 2).save(folder / "stats.safetensors")
-    save_autoencoder(Autoencoder(AutoencoderSpec(length, (4, 8), 2, 4)), folder / "model.pt")
-    save_diffusion(Denoiser(DenoiserSpec(2, 384, (8, 16), 16)), make_scheduler(20, "linear"), 1.0, folder / "diffusion.pt")
+    save_autoencoder(Autoencoder(AutoencoderSpec(length, (4, 8), 2, 4, 0.001, 0.001)), folder / "model.pt")
+    save_diffusion(Denoiser(DenoiserSpec(2, 384, (8, 16), 16, False)), make_scheduler(20, "linear"), 1.0,
+                   folder / "diffusion.pt")
     conditions = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
     save_file({"conditions": conditions}, str(folder / "conditions.safetensors"),
               metadata={"type": "text_fewshot", "encoder": "sentence-transformers/all-MiniLM-L6-v2", "tasks": "sst2,stsb"})
-    return {"autoencoder": folder / "model.pt", "diffusion": folder / "diffusion.pt", "stats": folder / "stats.safetensors",
-            "conditions": folder / "conditions.safetensors", "layout": folder / "layout.json"}
+    return GeneratorFiles(folder / "model.pt", folder / "diffusion.pt", folder / "stats.safetensors",
+                          folder / "conditions.safetensors", folder / "layout.json")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,8 @@ def mlflow_server(tmp_path_factory):
 def _register(parts, select_score: float) -> str:
     metrics = {"select": {"average_generated_best": select_score}, "eval": {"average_generated": select_score - 1}}
     with mlflow.start_run(run_name="register-test"):
-        return register_generator(PARAMS, parts, "sentence-transformers/all-MiniLM-L6-v2", metrics, {"pipeline_id": "test"})
+        tags = {"pipeline_id": "test", **lineage_tags(parts, {"sst2": parts.stats})}
+        return register_generator(PARAMS, parts, "sentence-transformers/all-MiniLM-L6-v2", metrics, tags)
 
 
 def test_bundle_refuses_bad_requests(trained_parts, tmp_path):
@@ -116,6 +120,7 @@ def test_bundle_refuses_bad_requests(trained_parts, tmp_path):
         GeneratorBundle(tmp_path / "bundle")
 
 
+@pytest.mark.slow  # a real `mlflow server`: ~30 s
 def test_register_promote_refuse_force_and_load(mlflow_server, trained_parts, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
@@ -134,11 +139,14 @@ def test_register_promote_refuse_force_and_load(mlflow_server, trained_parts, mo
     assert client.get_model_version(MODEL_NAME, worse).tags["forced_promotion_reason"] == "rollback drill"
     tags = client.get_model_version(MODEL_NAME, better).tags
     assert tags["select_average_generated_best"] == "80.0000" and tags["pipeline_id"] == "test"
+    assert tags["sha256.generator.diffusion"] == file_sha256(trained_parts.diffusion)  # lineage to the exact bytes
+    assert tags["sha256.corpus.sst2"] == file_sha256(trained_parts.stats)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     out = model.predict({"task": ["sst2"], "num_samples": [2], "seed": [5]})
     assert list(out["sample"]) == [0, 1]
 
 
+@pytest.mark.slow  # `mlflow models serve` in a subprocess: ~30 s
 def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
@@ -171,6 +179,6 @@ def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts
     folder.mkdir()
     (folder / "adapter_model.safetensors").write_bytes(served)
     (folder / "adapter_config.json").write_text(rows[0]["adapter_config"])
-    model = PeftModel.from_pretrained(load_base_model(BaseModelConfig(), 2, seed=9), str(folder))
+    model = PeftModel.from_pretrained(load_base_model(PARAMS.base, 2, seed=9), str(folder))
     result = model.load_adapter(str(folder), adapter_name="check")
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]

@@ -20,19 +20,16 @@ from pathlib import Path
 
 import torch
 
-from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, load_autoencoder, save_autoencoder, train_autoencoder
+from condpdiff.artifacts import LAYOUTS, split_file, task_corpus_file
+from condpdiff.autoencoder import load_autoencoder, save_autoencoder
 from condpdiff.conditions import build_conditions
 from condpdiff.config import ConditionType, Norm, Params
-from condpdiff.corpus import load_task_corpus, pad_to
-from condpdiff.denoiser import Denoiser, DenoiserSpec
-from condpdiff.diffusion import make_scheduler, train_diffusion
-from condpdiff.finetune import score_vector
-from condpdiff.generator import Generator
+from condpdiff.corpus import load_task_corpus, pad_to, stack_corpus
+from condpdiff.evaluation import task_scorer
+from condpdiff.generator import generation_seed
 from condpdiff.glue import headline, read_jsonl
-from condpdiff.lora import Layout, build_peft_model, load_tokenizer, read_layouts
-from condpdiff.normalize import fit_normalizer
-
-LAYER = re.compile(r"\.layer\.(\d+)\.")
+from condpdiff.lora import load_tokenizer, read_layouts
+from condpdiff.training import train_generator
 
 
 @dataclass(frozen=True)
@@ -52,16 +49,6 @@ def parse_layers(text: str) -> range:
     return range(int(match[1]), int(match[2]) + 1)
 
 
-def generated_mask(layout: Layout, padded_length: int, layers: range | None) -> torch.Tensor:
-    """True where the generator makes the value: the head, and the LoRA of `layers` (all if None)."""
-    mask = torch.zeros(padded_length, dtype=torch.bool)
-    for name, shape, offset in zip(layout.names, layout.shapes, layout.offsets):
-        match = LAYER.search(name)
-        if not layout.is_lora(name) or layers is None or (match and int(match[1]) in layers):
-            mask[offset:offset + torch.Size(shape).numel()] = True
-    return mask
-
-
 def _apply(params: Params, variant: Variant) -> Params:
     return replace(params, norm=Norm(variant.norm) if variant.norm else params.norm,
                    conditions=replace(params.conditions, type=ConditionType(variant.condition))
@@ -77,11 +64,11 @@ def _digest(*parts) -> str:
 
 def _canonical(variant: Variant, tasks: list[str], corpus_dir: Path) -> tuple[int | None, range | None]:
     """The variant's n and layers with the no-op values (the whole corpus, every layer) as None."""
-    layouts, _, _ = read_layouts(corpus_dir / "layout.json")
-    kept = {len(load_task_corpus(corpus_dir / f"{t}.safetensors")[1]) for t in tasks}
+    layouts, _, _ = read_layouts(corpus_dir / LAYOUTS)
+    kept = {len(load_task_corpus(task_corpus_file(corpus_dir, t))[1]) for t in tasks}
     n = None if variant.n is not None and kept == {variant.n} else variant.n
     layers = parse_layers(variant.layers) if variant.layers else None
-    present = {int(m[1]) for t in tasks for name in layouts[t].names if (m := LAYER.search(name))}
+    present = set().union(*(layouts[t].layer_indices() for t in tasks))
     return n, None if layers is not None and present <= set(layers) else layers
 
 
@@ -89,10 +76,11 @@ def _keys(params: Params, variant: Variant, tasks: list[str], prepared: Path, co
     """(autoencoder key, row key): hashes of everything that decides the autoencoder / the row's scores."""
     n, layers = _canonical(variant, tasks, corpus_dir)
     params = _apply(params, variant)
-    corpus = _digest(*[(corpus_dir / f).read_bytes() for f in ["layout.json", *(f"{t}.safetensors" for t in tasks)]])
+    corpus_files = [corpus_dir / LAYOUTS, *(task_corpus_file(corpus_dir, t) for t in tasks)]
+    corpus = _digest(*[path.read_bytes() for path in corpus_files])
     upstream = [corpus, tasks, n, list(layers) if layers else None, params.norm, params.seed,
                 asdict(params.autoencoder)]
-    data = _digest(*[(prepared / t / f"{s}.jsonl").read_bytes() for t in tasks for s in ("train", "select", "eval")])
+    data = _digest(*[split_file(prepared / t, s).read_bytes() for t in tasks for s in ("train", "select", "eval")])
     downstream = [data, asdict(params.base), asdict(params.conditions), asdict(params.diffusion),
                   asdict(params.generate), asdict(params.evaluate)]
     return _digest(*upstream), _digest(*upstream, *downstream)
@@ -120,47 +108,24 @@ def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Pa
     """Train a generator on `tasks` under `variant`; per task, the generated adapter that is best on
     `select` and its `eval` score. An `autoencoder_file` is reused when it exists, written when not."""
     params = _apply(params, variant)
-    layouts, padded_length, num_labels = read_layouts(corpus_dir / "layout.json")
+    layouts, padded_length, _ = read_layouts(corpus_dir / LAYOUTS)
     unknown = [t for t in tasks if t not in layouts]
     if unknown:
         raise KeyError(f"tasks {unknown} are not in the corpus at {corpus_dir}")
-    blocks, soups = [], []
-    for task in tasks:
-        checkpoints, _ = load_task_corpus(corpus_dir / f"{task}.safetensors")
-        soups.append(pad_to(checkpoints.mean(dim=0), padded_length))
-        if variant.n is not None and not 1 <= variant.n <= len(checkpoints):
-            raise ValueError(f"n={variant.n}: the corpus keeps {len(checkpoints)} checkpoints of {task}")
-        blocks.append(pad_to(checkpoints[-(variant.n or len(checkpoints)):], padded_length))
+    soups = [pad_to(load_task_corpus(task_corpus_file(corpus_dir, t))[0].mean(dim=0), padded_length) for t in tasks]
+    stacked, task_index = stack_corpus(corpus_dir, tasks, padded_length, last_n=variant.n)
     layers = parse_layers(variant.layers) if variant.layers else None
-    mask = torch.stack([generated_mask(layouts[t], padded_length, layers) for t in tasks]).any(dim=0)
-    corpus = torch.cat(blocks)[:, mask]  # (M, L_generated)
-    task_index = torch.cat([torch.full((len(b),), i) for i, b in enumerate(blocks)])
-    normalizer = fit_normalizer(params.norm, corpus, task_index, len(tasks))
-    normalized = normalizer.transform(corpus, task_index)
+    mask = torch.stack([layouts[t].mask(layers, padded_length) for t in tasks]).any(dim=0)
+    corpus = stacked[:, mask]  # (M, L_generated): the other layers keep the soup's values
 
-    a = params.autoencoder
-    if autoencoder_file is not None and autoencoder_file.is_file():
-        autoencoder = load_autoencoder(autoencoder_file)
-    else:
-        autoencoder = train_autoencoder(
-            Autoencoder(AutoencoderSpec(corpus.shape[1], tuple(a.channels), a.latent_channels, a.stride,
-                                        a.input_noise, a.latent_noise)),
-            normalized, a.steps, a.batch_size, a.lr, params.seed)
-        if autoencoder_file is not None:
-            autoencoder_file.parent.mkdir(parents=True, exist_ok=True)
-            save_autoencoder(autoencoder, autoencoder_file)
-    with torch.inference_mode():
-        latents = autoencoder.encode(normalized)
-    train = {t: read_jsonl(prepared / t / "train.jsonl") for t in tasks}
+    train = {t: read_jsonl(split_file(prepared / t, "train")) for t in tasks}
     conditions, _, _ = build_conditions(params.conditions, params.base, tasks, train, params.seed)
-    d = params.diffusion
-    scale = latents.std().item()
-    scheduler = make_scheduler(d.timesteps, d.beta_schedule)
-    denoiser = train_diffusion(
-        Denoiser(DenoiserSpec(latents.shape[1], conditions.shape[1], tuple(d.channels), d.embed_dim,
-                              learned_condition=params.conditions.type is ConditionType.learned)),
-        scheduler, latents / scale, conditions[task_index], d.steps, d.batch_size, d.lr, params.seed)
-    generator = Generator(autoencoder, denoiser, dict(scheduler.config), scale, normalizer)
+    reuse = load_autoencoder(autoencoder_file) if autoencoder_file is not None and autoencoder_file.is_file() else None
+    generator = train_generator(params, corpus, task_index, conditions,
+                                params.conditions.type is ConditionType.learned, autoencoder=reuse)
+    if autoencoder_file is not None and reuse is None:
+        autoencoder_file.parent.mkdir(parents=True, exist_ok=True)
+        save_autoencoder(generator.autoencoder, autoencoder_file)
 
     tokenizer = load_tokenizer(params.base)
     results = {}
@@ -168,18 +133,15 @@ def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Pa
         layout = layouts[task]
         generated = generator.generate(conditions[i], i, corpus.shape[1], params.generate.samples,
                                        params.generate.sampler.value, params.generate.inference_steps,
-                                       seed=params.seed * 1000 + i)
+                                       seed=generation_seed(params.seed, i))
         full = soups[i].expand(len(generated), -1).clone()
         full[:, mask] = generated
         full = full[:, :layout.length]
-        model = build_peft_model(params.base, params.lora, num_labels[task], params.seed)
-        select = read_jsonl(prepared / task / "select.jsonl")
-        scores = [headline(task, score_vector(model, tokenizer, task, v, layout, select, params.evaluate.batch_size,
-                                              params.base.max_length)) for v in full]
-        best = max(range(len(scores)), key=scores.__getitem__)
-        results[task] = {"select_best": scores[best], "select_mean": sum(scores) / len(scores)}
+        scorer = task_scorer(params.base, params.lora, task, params.evaluate.batch_size, params.seed,
+                             tokenizer=tokenizer, layout=layout)
+        best, scores = scorer.best_on_select(full, read_jsonl(split_file(prepared / task, "select")))
+        values = [headline(task, m) for m in scores]
+        results[task] = {"select_best": values[best], "select_mean": sum(values) / len(values)}
         if score_eval:
-            evaluation = read_jsonl(prepared / task / "eval.jsonl")
-            results[task]["eval"] = headline(task, score_vector(
-                model, tokenizer, task, full[best], layout, evaluation, params.evaluate.batch_size, params.base.max_length))
+            results[task]["eval"] = scorer.headline(full[best], read_jsonl(split_file(prepared / task, "eval")))
     return results

@@ -14,15 +14,19 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from condpdiff.config import AutoencoderConfig
+
 
 @dataclass(frozen=True)
 class AutoencoderSpec:
+    """The architecture; built from the config by `autoencoder_spec`, never with defaults of its own."""
+
     length: int  # real input length L (the padded corpus length)
-    channels: tuple[int, ...] = (32, 64, 128)
-    latent_channels: int = 8
-    stride: int = 4
-    input_noise: float = 0.001
-    latent_noise: float = 0.001
+    channels: tuple[int, ...]
+    latent_channels: int
+    stride: int
+    input_noise: float
+    latent_noise: float
 
     @property
     def padded_length(self) -> int:
@@ -75,23 +79,27 @@ class Autoencoder(nn.Module):
         return self.decode(z + self.spec.latent_noise * torch.randn_like(z))
 
 
+def autoencoder_spec(cfg: AutoencoderConfig, length: int) -> AutoencoderSpec:
+    """The one place an autoencoder's architecture is built from the params."""
+    return AutoencoderSpec(length, tuple(cfg.channels), cfg.latent_channels, cfg.stride, cfg.input_noise,
+                           cfg.latent_noise)
+
+
 def train_autoencoder(
     model: Autoencoder,
     data: torch.Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
+    cfg: AutoencoderConfig,
     seed: int,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> Autoencoder:
     """Minimize MSE on the (M, L) normalized corpus with AdamW and cosine decay."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=2e-6)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * cfg.lr_min_factor)
     model.train()
-    for step in tqdm(range(1, steps + 1), desc="autoencoder", leave=False):
-        batch = data[torch.randint(0, data.shape[0], (min(batch_size, data.shape[0]),), generator=generator)]
+    for step in tqdm(range(1, cfg.steps + 1), desc="autoencoder", leave=False):
+        batch = data[torch.randint(0, data.shape[0], (min(cfg.batch_size, data.shape[0]),), generator=generator)]
         loss = F.mse_loss(model(batch), batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"autoencoder loss is {loss.item()} at step {step}")
@@ -99,10 +107,24 @@ def train_autoencoder(
         loss.backward()
         optimizer.step()
         schedule.step()
-        if on_step is not None and (step % 50 == 0 or step == steps):
+        if on_step is not None and (step % 50 == 0 or step == cfg.steps):
             on_step(step, {"ae_train_mse": loss.item()})
     model.eval()
     return model
+
+
+def fit_autoencoder(cfg: AutoencoderConfig, normalized: torch.Tensor, seed: int,
+                    on_step: Callable[[int, dict], None] | None = None) -> Autoencoder:
+    """An autoencoder trained on the (M, L) normalized corpus; torch is seeded right before the network is built."""
+    spec = autoencoder_spec(cfg, normalized.shape[1])
+    torch.manual_seed(seed)
+    return train_autoencoder(Autoencoder(spec), normalized, cfg, seed, on_step)
+
+
+@torch.inference_mode()
+def encode_latents(autoencoder: Autoencoder, normalized: torch.Tensor) -> torch.Tensor:
+    """(M, L) -> (M, C, L_latent), without noise."""
+    return autoencoder.encode(normalized)
 
 
 def save_autoencoder(model: Autoencoder, path) -> None:

@@ -14,15 +14,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from condpdiff.artifacts import GeneratorFiles
 from condpdiff.conditions import MiniLMTextEncoder
 from condpdiff.config import BaseModelConfig, LoraConfig, Norm, Params
 from condpdiff.generator import load_generator
 from condpdiff.lora import Layout, base_model_path, build_peft_model, read_layouts, write_adapter
 
-FILES = {
-    "autoencoder": "autoencoder.pt", "diffusion": "diffusion.pt", "stats": "stats.safetensors",
-    "conditions": "conditions.safetensors", "layout": "layout.json",
-}
 MAX_SAMPLES = 256
 
 
@@ -40,11 +37,19 @@ def weights_fingerprint(model_name: str) -> str:
     return digest.hexdigest() if files else ""
 
 
-def write_bundle(folder: Path, params: Params, outputs: dict[str, Path], encoder: str) -> None:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bundle(folder: Path, params: Params, files: GeneratorFiles, encoder: str) -> None:
     """Copy the trained parts into `folder` and write `spec.json`."""
     folder.mkdir(parents=True, exist_ok=True)
-    for key, name in FILES.items():
-        shutil.copy(outputs[key], folder / name)
+    for (_, source), (_, target) in zip(files.items(), GeneratorFiles.in_bundle(folder).items()):
+        shutil.copy(source, target)
     spec = {
         "tasks": list(params.data.tasks), "norm": params.norm.value, "seed": params.seed,
         "condition_type": params.conditions.type.value, "encoder": encoder,
@@ -73,16 +78,16 @@ class Request:
 class GeneratorBundle:
     def __init__(self, folder: Path):
         folder = Path(folder)
-        missing = [name for name in (*FILES.values(), "spec.json") if not (folder / name).is_file()]
+        files = GeneratorFiles.in_bundle(folder)
+        missing = [path.name for path in (*files.missing(), folder / "spec.json") if not path.is_file()]
         if missing:
             raise BundleError(f"generator bundle {folder} lacks {missing}")
         self.spec = json.loads((folder / "spec.json").read_text())
         self._check_installed()
-        self.generator = load_generator(folder / FILES["autoencoder"], folder / FILES["diffusion"],
-                                        folder / FILES["stats"])
-        with safe_open(str(folder / FILES["conditions"]), "pt") as handle:
+        self.generator = load_generator(files)
+        with safe_open(str(files.conditions), "pt") as handle:
             self.conditions = handle.get_tensor("conditions")
-        self.layouts, _, self.num_labels = read_layouts(folder / FILES["layout"])
+        self.layouts, _, self.num_labels = read_layouts(files.layout)
         self.base = BaseModelConfig(self.spec["base_model"], self.spec["max_length"])
         self.lora = LoraConfig(**self.spec["lora"])
         self._encoder = None

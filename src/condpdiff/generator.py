@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from condpdiff.artifacts import GeneratorFiles
 from condpdiff.autoencoder import Autoencoder, load_autoencoder
 from condpdiff.denoiser import Denoiser
 from condpdiff.diffusion import load_diffusion, sample_latents
@@ -41,7 +41,17 @@ class Generator:
         return vectors.contiguous()
 
 
-def load_generator(autoencoder: Path, diffusion: Path, stats: Path) -> Generator:
-    """A generator from the files the autoencoder, diffusion and normalize stages write."""
-    denoiser, scheduler_config, latent_scale = load_diffusion(diffusion)
-    return Generator(load_autoencoder(autoencoder), denoiser, scheduler_config, latent_scale, Normalizer.load(stats))
+def generation_seed(seed: int, task_position: int) -> int:
+    """The sampling seed of the task at `task_position` in `data.tasks`: the generate stage, the ablations
+    and `python -m condpdiff generate --task T --seed S` with this S give the same samples."""
+    return seed * 1000 + task_position
+
+
+def load_generator(files: GeneratorFiles) -> Generator:
+    """A generator from the trained parts (the pipeline's outputs or a registry bundle)."""
+    missing = files.missing()
+    if missing:
+        raise FileNotFoundError(f"generator files missing: {[str(p) for p in missing]}")
+    denoiser, scheduler_config, latent_scale = load_diffusion(files.diffusion)
+    return Generator(load_autoencoder(files.autoencoder), denoiser, scheduler_config, latent_scale,
+                     Normalizer.load(files.stats))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def build_peft_model(base: BaseModelConfig, lora: LoraConfig, num_labels: int, s
     return model
 
 
+LAYER = re.compile(r"\.layer\.(\d+)\.")  # the transformer layer index in a parameter name
+
+
 @dataclass(frozen=True)
 class Layout:
     names: list[str]
@@ -82,6 +86,23 @@ class Layout:
 
     def is_lora(self, name: str) -> bool:
         return ".lora_A." in name or ".lora_B." in name
+
+    def layer_indices(self) -> set[int]:
+        """The transformer layers whose LoRA this layout holds."""
+        return {int(match[1]) for name in self.names if (match := LAYER.search(name))}
+
+    def mask(self, layers: range | None = None, length: int | None = None) -> torch.Tensor:
+        """True where the vector holds the LoRA of `layers` (every layer if None) or the head.
+
+        `length` pads the mask with False to a common corpus length. The head is always in:
+        it belongs to the task, not to a layer.
+        """
+        mask = torch.zeros(length or self.length, dtype=torch.bool)
+        for name, shape, offset in zip(self.names, self.shapes, self.offsets):
+            match = LAYER.search(name)
+            if not self.is_lora(name) or layers is None or (match and int(match[1]) in layers):
+                mask[offset:offset + math.prod(shape)] = True
+        return mask
 
     def lora_mask(self) -> torch.Tensor:
         """True where the vector holds a LoRA entry (False: the head)."""

@@ -11,7 +11,8 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from condpdiff.bundle import GeneratorBundle, Request, write_bundle
+from condpdiff.artifacts import GeneratorFiles
+from condpdiff.bundle import GeneratorBundle, Request, file_sha256, write_bundle
 from condpdiff.config import Params
 
 MODEL_NAME = "condpdiff-generator"
@@ -64,11 +65,19 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows)
 
 
-def register_generator(params: Params, outputs: dict[str, Path], encoder: str, metrics: dict, tags: dict) -> str:
+def lineage_tags(files: GeneratorFiles, corpus_files: dict[str, Path]) -> dict[str, str]:
+    """sha256 of every generator file and every task's corpus file: a registry version names the exact bytes
+    it was built from (`dvc.lock` holds the md5 of the same files, so the corpus can be found and restored)."""
+    tags = {f"sha256.generator.{name}": file_sha256(path) for name, path in files.items()}
+    tags.update({f"sha256.corpus.{task}": file_sha256(path) for task, path in corpus_files.items()})
+    return tags
+
+
+def register_generator(params: Params, files: GeneratorFiles, encoder: str, metrics: dict, tags: dict) -> str:
     """Log the bundle as a pyfunc model, register a new version, tag it and point `candidate` at it."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
-        write_bundle(bundle, params, outputs, encoder)
+        write_bundle(bundle, params, files, encoder)
         info = mlflow.pyfunc.log_model(
             name="generator", python_model=GeneratorModel(), artifacts={"bundle": str(bundle)},
             signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA),

@@ -19,6 +19,7 @@ import mlflow
 from condpdiff.config import Params, flatten_dict, params_hash, params_to_dict
 
 EXPERIMENT = "condpdiff"
+MAX_PARAM_LENGTH = 500  # MLflow refuses longer param values
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -64,8 +65,13 @@ def git_commit() -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator[mlflow.ActiveRun]:
-    """One MLflow run for one DVC stage, tagged so a whole `dvc repro` can be grouped."""
+def stage_run(stage: str, params: Params, **tags: str) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run for one DVC stage, tagged so a whole `dvc repro` can be grouped.
+
+    The run carries the whole validated params file, flattened: the compare view then shows the
+    param that made two runs differ (a sampler, say) beside the metric it changed, whichever
+    stage it belongs to.
+    """
     experiment_id = setup_experiment()
     tags = {
         "stage": stage,
@@ -73,20 +79,14 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator
         "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
         "pipeline_id": params_hash(params),
         "norm": params.norm.value,
+        **tags,
     }
-    everything = params_to_dict(params)
-    logged = {k: v for k, v in flatten_dict(everything).items() if k.split(".")[0] in sections}
+    flat = flatten_dict(params_to_dict(params))
     # a SIGTERM (dvc interrupted, a job killed) becomes SystemExit, so the run still ends FAILED
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=tags) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in logged.items()})
+        mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items()})
         yield run  # ActiveRun.__exit__ ends the run FAILED if the stage raises
-
-
-@contextlib.contextmanager
-def nested_run(name: str, **tags: str) -> Iterator[mlflow.ActiveRun]:
-    with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
-        yield run
 
 
 def metric_logger(prefix: str = ""):

@@ -6,7 +6,6 @@ once, before workers start), or any RDB URL shared by workers on many machines.
 """
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,25 +14,19 @@ import mlflow
 import optuna
 
 from condpdiff.ablation import Variant, parse_layers, run_row
+from condpdiff.artifacts import split_file
 from condpdiff.config import TASKS, Params
 from condpdiff.corpus import load_task_corpus
-from condpdiff.finetune import finetune_and_collect, score_vector
-from condpdiff.glue import TASK_SPECS, headline, read_jsonl
-from condpdiff.lora import build_peft_model, flatten_model, load_tokenizer, model_layout
+from condpdiff.finetune import finetune_and_collect
+from condpdiff.evaluation import task_scorer
+from condpdiff.glue import read_jsonl
+from condpdiff.lora import flatten_model, load_tokenizer
+from condpdiff.report import AblationRow, write_ablation_tables
 from condpdiff.tracking import repo_root, setup_experiment
 
 RANKS = [1, 2, 4, 8, 16]
 ALPHAS = [1, 2, 4, 8, 16, 32]
 ABLATION_TASKS = ["sst2", "stsb", "mrpc"]
-PAPER = {  # Cond P-Diff, BERT r=1, SST-2 / STS-B / MRPC
-    "n": {1: (90.23, 80.71, 82.71), 100: (91.63, 80.91, 83.52), 200: (91.63, 81.81, 87.24), 500: (91.63, 81.80, 87.25)},
-    "norm": {"none": (55.67, 49.07, 47.01), "batch": (90.60, 80.90, 82.50), "task": (91.63, 81.81, 87.24)},
-    "condition": {"onehot": (90.05, 77.12, 80.34), "learned": (90.10, 80.03, 81.81), "text": (90.25, 80.32, 81.98),
-                  "text_fewshot": (91.63, 81.81, 87.24)},
-    "layers": {"0-1": (91.63, 81.43, 83.45), "0-4": (91.63, 81.45, 83.61), "0-8": (91.63, 81.80, 85.61),
-               "0-11": (91.63, 81.81, 87.24),
-               "0-5": (91.63, 81.81, 87.24)},  # all layers: our 6-layer 0-5 beside their 12-layer 0-11
-}
 
 
 class TuneError(ValueError):
@@ -79,7 +72,7 @@ def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int,
                    ranks: list[int] = RANKS):
     """Mean `select` headline of the fine-tuned adapters (never `eval`), pruned on intermediate scores."""
     tokenizer = load_tokenizer(params.base)
-    data = {t: {s: read_jsonl(prepared / t / f"{s}.jsonl") for s in ("train", "select")} for t in tasks}
+    data = {t: {s: read_jsonl(split_file(prepared / t, s)) for s in ("train", "select")} for t in tasks}
 
     def objective(trial: optuna.Trial) -> float:
         r = trial.suggest_categorical("lora.r", ranks)
@@ -94,14 +87,12 @@ def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int,
             mlflow.log_params({"lora.r": r, "lora.alpha": alpha, "collect.lr_lora": lr, "steps": steps})
             finals = []
             for position, task in enumerate(tasks):
-                model = build_peft_model(params.base, lora, TASK_SPECS[task].num_labels, params.seed)
-                layout = model_layout(model)
+                scorer = task_scorer(params.base, lora, task, params.collect.eval_batch_size, params.seed,
+                                     tokenizer=tokenizer)
 
                 def select_score() -> float:
-                    vector = flatten_model(model, layout)
-                    value = headline(task, score_vector(model, tokenizer, task, vector, layout, data[task]["select"],
-                                                        params.collect.eval_batch_size, params.base.max_length))
-                    model.train()
+                    value = scorer.headline(flatten_model(scorer.model, scorer.layout), data[task]["select"])
+                    scorer.model.train()
                     return value
 
                 def on_step(step: int, metrics: dict) -> None:
@@ -113,7 +104,7 @@ def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int,
                         if trial.should_prune():
                             raise optuna.TrialPruned()
 
-                finetune_and_collect(model, tokenizer, task, data[task]["train"], collect, layout,
+                finetune_and_collect(scorer.model, tokenizer, task, data[task]["train"], collect, scorer.layout,
                                      params.base.max_length, params.seed, on_step=on_step)
                 finals.append(select_score())
                 mlflow.log_metric(f"select_{task}", finals[-1])
@@ -133,7 +124,7 @@ def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, step
         raise TuneError(f"unknown task(s) {unknown}")
     if not ranks or any(r not in RANKS for r in ranks):
         raise TuneError(f"ranks must be a non-empty subset of {RANKS}, got {ranks}")
-    missing = [t for t in tasks if not (prepared / t / "select.jsonl").is_file()]
+    missing = [t for t in tasks if not split_file(prepared / t, "select").is_file()]
     if missing:
         raise TuneError(f"no prepared splits for {missing} in {prepared}: run `dvc repro prepare`")
     study = open_study(study_name, storage or default_storage(), "maximize",
@@ -170,7 +161,7 @@ def ablation_grid(name: str, n_grid: list[int], layer_grid: list[str]) -> list:
 def check_ablation_inputs(name: str, grid: list, corpus: Path, tasks: list[str]) -> None:
     """Bad input is an error before any row trains: a missing corpus or task, n beyond the kept, bad layers."""
     if not (corpus / "layout.json").is_file():
-        raise TuneError(f"no corpus at {corpus}: run `dvc repro collect` first")
+        raise TuneError(f"no corpus at {corpus}: run `dvc repro gather` first")
     missing = [t for t in tasks if not (corpus / f"{t}.safetensors").is_file()]
     if missing:
         raise TuneError(f"tasks {missing} are not in the corpus at {corpus}")
@@ -212,35 +203,13 @@ def run_ablation(name: str, params: Params, grid: list, prepared: Path, corpus: 
 
 
 def write_ablation_report(name: str, study: optuna.Study, tasks: list[str], out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paper = PAPER.get(name, {})
-    header = ["value", "state", "seconds"] + [f"{TASK_SPECS[t].folder} eval" for t in tasks] + \
-             [f"{TASK_SPECS[t].folder} select best" for t in tasks] + \
-             [f"paper {TASK_SPECS[t].folder}" for t in ("sst2", "stsb", "mrpc")]
-    rows = []
+    """The study's trials as table rows, in the grid's order (1, 25, 50, 100), not the trials' order."""
 
-    def order(trial: optuna.trial.FrozenTrial):  # the grid's order (1, 25, 50, 100), not the trials'
+    def order(trial: optuna.trial.FrozenTrial):
         grid, value = trial.system_attrs.get("search_space", {}).get(name, []), trial.params.get(name)
         return (grid.index(value) if value in grid else len(grid), str(value))
 
-    for trial in sorted(study.trials, key=order):
-        value = trial.params.get(name, "?")
-        scores = [trial.user_attrs.get(t, {}) for t in tasks]
-        reference = paper.get(value, paper.get(str(value), ("", "", "")))
-        seconds = f"{trial.user_attrs.get('seconds', 0):.0f}" + (" (cached)" if trial.user_attrs.get("cached") else "")
-        rows.append([value, trial.state.name, seconds]
-                    + [f"{s['eval']:.2f}" if "eval" in s else "" for s in scores]
-                    + [f"{s['select_best']:.2f}" if "select_best" in s else "" for s in scores]
-                    + [str(v) for v in reference])
-    with open(out_dir / f"ablation_{name}.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([header, *rows])
-    lines = [f"# Ablation: {name}", "",
-             "Generated adapter best on `select`, its `eval` score (x100). Paper: Cond P-Diff, BERT r=1 "
-             "(their N grid is 1/100/200/500 and their layers 0-11; ours follow the 6-layer MiniLM and N=100). "
-             "`seconds` is the time the row took to compute; \"(cached)\" marks a row reused from an identical "
-             "earlier run, such as another grid's default row.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    path = out_dir / f"ablation_{name}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    rows = [AblationRow(trial.params.get(name, "?"), trial.state.name, trial.user_attrs.get("seconds", 0.0),
+                        bool(trial.user_attrs.get("cached")), {t: trial.user_attrs.get(t, {}) for t in tasks})
+            for trial in sorted(study.trials, key=order)]
+    return write_ablation_tables(name, rows, tasks, out_dir)

@@ -1,0 +1,73 @@
+"""The evaluate stage's comparison: generated adapters against the best original, the soup and the base.
+
+Every choice (the best generated sample, the best original) is made on `select`; `eval` only
+reports. Pure library code: the stage script logs what `compare_task` and `summarize` return.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from condpdiff.evaluation import Scorer, mean_std, nearest_distances
+from condpdiff.glue import Example, headline
+
+METHODS = ("generated", "original", "soup", "base")
+
+
+def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated: torch.Tensor,
+                 wrong: torch.Tensor, wrong_task: str, select: list[Example], evaluation: list[Example],
+                 score_all_on_eval: bool) -> dict:
+    """One task's scores on `select` and `eval`, and the distances that say whether samples are copies.
+
+    corpus (N, L) the task's kept checkpoints; generated / wrong (K, L) samples from the task's own
+    condition and from another task's; `original` the collect stage's record of the best checkpoint.
+    """
+    task = scorer.task
+    best_k, own_select = scorer.best_on_select(tqdm(generated, desc=f"{task} generated", leave=False), select)
+    wrong_values = [scorer.headline(v, select) for v in tqdm(wrong, desc=f"{task} wrong condition", leave=False)]
+    best_original = corpus[original["best_index"]]
+    soup = corpus.mean(dim=0)
+    base = torch.where(scorer.layout.lora_mask(), torch.zeros_like(best_original), best_original)  # head, no LoRA
+    chosen = {"generated": generated[best_k], "original": best_original, "soup": soup, "base": base}
+    eval_scores = {name: scorer.metrics(vector, evaluation) for name, vector in chosen.items()}
+    if score_all_on_eval:
+        all_eval = [scorer.headline(v, evaluation) for v in generated]
+        eval_scores["generated_all_mean"], eval_scores["generated_all_std"] = mean_std(all_eval)
+    own_values = [headline(task, m) for m in own_select]
+    return {
+        "select": {
+            "generated_best": own_select[best_k], "generated_mean": mean_std(own_values)[0],
+            "generated_std": mean_std(own_values)[1], "original_best": original["best_select"],
+            "soup": scorer.metrics(soup, select), "wrong_condition_task": wrong_task,
+            "wrong_condition_mean": mean_std(wrong_values)[0], "wrong_condition_best": max(wrong_values),
+        },
+        "eval": eval_scores,
+        "distance": {
+            "generated_to_corpus_median": nearest_distances(generated, corpus).median().item(),
+            "corpus_nearest_neighbour_median": nearest_distances(corpus, corpus, exclude_self=True).median().item(),
+            "generated_to_soup_median": (generated - soup).norm(dim=1).median().item(),
+        },
+    }
+
+
+def summarize(results: dict[str, dict], tasks: list[str]) -> dict[str, dict[str, float]]:
+    """The headline numbers of every task and their averages: `metrics/eval.json`."""
+
+    def value(task: str, entry) -> float:
+        return headline(task, entry) if isinstance(entry, dict) else entry
+
+    def average(split: str, name: str) -> float:
+        return sum(value(t, results[t][split][name]) for t in tasks) / len(tasks)
+
+    metrics = {"eval": {}, "select": {}}
+    for task in tasks:
+        for name in METHODS:
+            metrics["eval"][f"{task}_{name}"] = headline(task, results[task]["eval"][name])
+        metrics["select"][f"{task}_generated_best"] = headline(task, results[task]["select"]["generated_best"])
+        metrics["select"][f"{task}_original_best"] = headline(task, results[task]["select"]["original_best"])
+        metrics["select"][f"{task}_wrong_condition_mean"] = results[task]["select"]["wrong_condition_mean"]
+    for name in METHODS:
+        metrics["eval"][f"average_{name}"] = average("eval", name)
+    for name in ("generated_best", "original_best", "generated_mean", "wrong_condition_mean"):
+        metrics["select"][f"average_{name}"] = average("select", name)
+    return metrics
