@@ -1,5 +1,6 @@
 """The generator in a real MLflow registry (a real `mlflow server`) and behind `mlflow models serve`."""
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 
 from condpdiff.artifacts import GeneratorFiles
 from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, save_autoencoder
-from condpdiff.bundle import BundleError, GeneratorBundle, Request, file_sha256, write_bundle
+from condpdiff.bundle import BundleError, GeneratorBundle, Request, file_digest, write_bundle
 from condpdiff.config import Norm
 from condpdiff.denoiser import Denoiser, DenoiserSpec
 from condpdiff.diffusion import make_scheduler, save_diffusion
@@ -139,8 +140,8 @@ def test_register_promote_refuse_force_and_load(mlflow_server, trained_parts, mo
     assert client.get_model_version(MODEL_NAME, worse).tags["forced_promotion_reason"] == "rollback drill"
     tags = client.get_model_version(MODEL_NAME, better).tags
     assert tags["select_average_generated_best"] == "80.0000" and tags["pipeline_id"] == "test"
-    assert tags["sha256.generator.diffusion"] == file_sha256(trained_parts.diffusion)  # lineage to the exact bytes
-    assert tags["sha256.corpus.sst2"] == file_sha256(trained_parts.stats)
+    assert tags["sha256.generator.diffusion"] == file_digest(trained_parts.diffusion)  # lineage to the exact bytes
+    assert tags["md5.corpus.sst2"] == hashlib.md5(trained_parts.stats.read_bytes()).hexdigest()  # DVC's key
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     out = model.predict({"task": ["sst2"], "num_samples": [2], "seed": [5]})
     assert list(out["sample"]) == [0, 1]

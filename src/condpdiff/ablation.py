@@ -73,16 +73,21 @@ def _canonical(variant: Variant, tasks: list[str], corpus_dir: Path) -> tuple[in
 
 
 def _keys(params: Params, variant: Variant, tasks: list[str], prepared: Path, corpus_dir: Path) -> tuple[str, str]:
-    """(autoencoder key, row key): hashes of everything that decides the autoencoder / the row's scores."""
+    """(autoencoder key, row key): hashes of everything that decides the autoencoder / the row's scores.
+
+    The library's source is part of both: a row cached before a change to the training or scoring
+    code is never reused after it.
+    """
     n, layers = _canonical(variant, tasks, corpus_dir)
     params = _apply(params, variant)
     corpus_files = [corpus_dir / LAYOUTS, *(task_corpus_file(corpus_dir, t) for t in tasks)]
     corpus = _digest(*[path.read_bytes() for path in corpus_files])
-    upstream = [corpus, tasks, n, list(layers) if layers else None, params.norm, params.seed,
+    code = _digest(*[path.read_bytes() for path in sorted(Path(__file__).parent.glob("*.py"))])
+    upstream = [code, corpus, tasks, n, list(layers) if layers else None, params.norm, params.seed,
                 asdict(params.autoencoder)]
     data = _digest(*[split_file(prepared / t, s).read_bytes() for t in tasks for s in ("train", "select", "eval")])
-    downstream = [data, asdict(params.base), asdict(params.conditions), asdict(params.diffusion),
-                  asdict(params.generate), asdict(params.evaluate)]
+    downstream = [data, asdict(params.base), asdict(params.lora), asdict(params.conditions),
+                  asdict(params.diffusion), asdict(params.generate), asdict(params.evaluate)]
     return _digest(*upstream), _digest(*upstream, *downstream)
 
 

@@ -37,8 +37,8 @@ def weights_fingerprint(model_name: str) -> str:
     return digest.hexdigest() if files else ""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -79,7 +79,7 @@ class GeneratorBundle:
     def __init__(self, folder: Path):
         folder = Path(folder)
         files = GeneratorFiles.in_bundle(folder)
-        missing = [path.name for path in (*files.missing(), folder / "spec.json") if not path.is_file()]
+        missing = [path.name for path in files.missing()] + ([] if (folder / "spec.json").is_file() else ["spec.json"])
         if missing:
             raise BundleError(f"generator bundle {folder} lacks {missing}")
         self.spec = json.loads((folder / "spec.json").read_text())

@@ -34,10 +34,11 @@ def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated
         all_eval = [scorer.headline(v, evaluation) for v in generated]
         eval_scores["generated_all_mean"], eval_scores["generated_all_std"] = mean_std(all_eval)
     own_values = [headline(task, m) for m in own_select]
+    own_mean, own_std = mean_std(own_values)
     return {
         "select": {
-            "generated_best": own_select[best_k], "generated_mean": mean_std(own_values)[0],
-            "generated_std": mean_std(own_values)[1], "original_best": original["best_select"],
+            "generated_best": own_select[best_k], "generated_mean": own_mean, "generated_std": own_std,
+            "original_best": original["best_select"],
             "soup": scorer.metrics(soup, select), "wrong_condition_task": wrong_task,
             "wrong_condition_mean": mean_std(wrong_values)[0], "wrong_condition_best": max(wrong_values),
         },

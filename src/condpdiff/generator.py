@@ -42,8 +42,9 @@ class Generator:
 
 
 def generation_seed(seed: int, task_position: int) -> int:
-    """The sampling seed of the task at `task_position` in `data.tasks`: the generate stage, the ablations
-    and `python -m condpdiff generate --task T --seed S` with this S give the same samples."""
+    """The sampling seed of the task at `task_position` in `data.tasks`, shared by the generate stage and
+    the ablations. Noise is drawn for the whole batch at once, so `python -m condpdiff generate --task T
+    --seed S` repeats the stage's samples only with this S and the stage's --samples, sampler and steps."""
     return seed * 1000 + task_position
 
 

@@ -12,7 +12,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from condpdiff.artifacts import GeneratorFiles
-from condpdiff.bundle import GeneratorBundle, Request, file_sha256, write_bundle
+from condpdiff.bundle import GeneratorBundle, Request, file_digest, write_bundle
 from condpdiff.config import Params
 
 MODEL_NAME = "condpdiff-generator"
@@ -66,11 +66,14 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
 
 def lineage_tags(files: GeneratorFiles, corpus_files: dict[str, Path]) -> dict[str, str]:
-    """sha256 of every generator file and every task's corpus file: a registry version names the exact bytes
-    it was built from (`dvc.lock` holds the md5 of the same files, so the corpus can be found and restored)."""
-    tags = {f"sha256.generator.{name}": file_sha256(path) for name, path in files.items()}
-    tags.update({f"sha256.corpus.{task}": file_sha256(path) for task, path in corpus_files.items()})
-    return tags
+    """The digests of every generator file and every task's corpus file: a registry version names the exact
+    bytes it was built from. sha256 for identity; md5 because that is DVC's key: it is the file's md5 in
+    `dvc.lock` (the register stage's deps) and in the `outputs/corpus` listing, and its path in the DVC
+    cache and remote (files/md5/<2>/<30>), so the corpus can be found and restored from a version."""
+    named = {**{f"generator.{name}": path for name, path in files.items()},
+             **{f"corpus.{task}": path for task, path in corpus_files.items()}}
+    return {f"{algorithm}.{name}": file_digest(path, algorithm) for name, path in named.items()
+            for algorithm in ("sha256", "md5")}
 
 
 def register_generator(params: Params, files: GeneratorFiles, encoder: str, metrics: dict, tags: dict) -> str:

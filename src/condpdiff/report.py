@@ -72,7 +72,6 @@ PAPER = {  # Cond P-Diff, BERT r=1, SST-2 / STS-B / MRPC
 }
 
 
-
 @dataclass(frozen=True)
 class AblationRow:
     """One grid value's result: per task {'select_best', 'select_mean', 'eval'} (empty if the row failed)."""

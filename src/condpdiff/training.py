@@ -21,11 +21,13 @@ from condpdiff.normalize import fit_normalizer
 
 def train_generator(params: Params, corpus: torch.Tensor, task_index: torch.Tensor, task_conditions: torch.Tensor,
                     learned_condition: bool, autoencoder: Autoencoder | None = None) -> Generator:
-    """The whole generator from a stacked corpus (M, L), its task ids (M,) and one condition per task (T, D).
+    """The whole generator from a stacked corpus (M, L), its task ids (M,) in 0..T-1 and one condition
+    per task (T, D): row t of `task_conditions` is the condition of task id t.
 
     A given `autoencoder` (trained on the same normalized corpus) is reused instead of trained.
     """
-    normalizer = fit_normalizer(params.norm, corpus, task_index, len(task_conditions))
+    num_tasks = len(task_conditions)
+    normalizer = fit_normalizer(params.norm, corpus, task_index, num_tasks)
     normalized = normalizer.transform(corpus, task_index)
     if autoencoder is None:
         autoencoder = fit_autoencoder(params.autoencoder, normalized, params.seed)

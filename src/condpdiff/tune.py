@@ -14,7 +14,7 @@ import mlflow
 import optuna
 
 from condpdiff.ablation import Variant, parse_layers, run_row
-from condpdiff.artifacts import split_file
+from condpdiff.artifacts import LAYOUTS, split_file, task_corpus_file
 from condpdiff.config import TASKS, Params
 from condpdiff.corpus import load_task_corpus
 from condpdiff.finetune import finetune_and_collect
@@ -160,13 +160,13 @@ def ablation_grid(name: str, n_grid: list[int], layer_grid: list[str]) -> list:
 
 def check_ablation_inputs(name: str, grid: list, corpus: Path, tasks: list[str]) -> None:
     """Bad input is an error before any row trains: a missing corpus or task, n beyond the kept, bad layers."""
-    if not (corpus / "layout.json").is_file():
+    if not (corpus / LAYOUTS).is_file():
         raise TuneError(f"no corpus at {corpus}: run `dvc repro gather` first")
-    missing = [t for t in tasks if not (corpus / f"{t}.safetensors").is_file()]
+    missing = [t for t in tasks if not task_corpus_file(corpus, t).is_file()]
     if missing:
         raise TuneError(f"tasks {missing} are not in the corpus at {corpus}")
     if name == "n":
-        kept = min(len(load_task_corpus(corpus / f"{t}.safetensors")[1]) for t in tasks)
+        kept = min(len(load_task_corpus(task_corpus_file(corpus, t))[1]) for t in tasks)
         beyond = [n for n in grid if not 1 <= n <= kept]
         if beyond:
             raise TuneError(f"n grid values {beyond} are outside 1..{kept}, the checkpoints the corpus at {corpus} keeps")
