@@ -25,8 +25,9 @@ def main() -> None:
         train = {t: read_jsonl(split_file(args.prepared / t, "train")) for t in tasks}
         vectors, texts, encoder = build_conditions(params.conditions, params.base, tasks, train, params.seed)
         args.out.mkdir(parents=True, exist_ok=True)
-        save_file({"conditions": vectors.contiguous()}, str(args.out / CONDITIONS),
-                  metadata={"type": params.conditions.type.value, "encoder": encoder, "tasks": ",".join(tasks)})
+        # one metadata key: safetensors writes several in hash order, which changes the file's bytes from
+        # run to run (and with them its md5, re-running every stage after it); the rest goes in the JSON
+        save_file({"conditions": vectors.contiguous()}, str(args.out / CONDITIONS), metadata={"tasks": ",".join(tasks)})
         record = {"type": params.conditions.type.value, "encoder": encoder, "texts": dict(zip(tasks, texts))}
         (args.out / CONDITION_TEXTS).write_text(json.dumps(record, indent=1, ensure_ascii=False))
         mlflow.log_dict(record, CONDITION_TEXTS)

@@ -1,12 +1,12 @@
 """Stage diffusion: train the conditional latent DDPM on the autoencoder's latents."""
 import argparse
+import json
 from pathlib import Path
 
 import mlflow
-from safetensors import safe_open
 from safetensors.torch import load_file
 
-from condpdiff.artifacts import CONDITIONS, LATENTS, MODEL
+from condpdiff.artifacts import CONDITION_TEXTS, CONDITIONS, LATENTS, MODEL
 from condpdiff.config import ConditionType, load_params
 from condpdiff.diffusion import fit_denoiser, save_diffusion
 from condpdiff.tracking import metric_logger, stage_run
@@ -23,9 +23,9 @@ def main() -> None:
     with stage_run("diffusion", params):
         data = load_file(str(args.latents / LATENTS))
         latents, task_index = data["latents"], data["task_index"]
-        with safe_open(str(args.conditions / CONDITIONS), "pt") as handle:
-            learned = ConditionType(handle.metadata()["type"]) is ConditionType.learned
-            conditions = handle.get_tensor("conditions")
+        conditions = load_file(str(args.conditions / CONDITIONS))["conditions"]
+        kind = json.loads((args.conditions / CONDITION_TEXTS).read_text())["type"]
+        learned = ConditionType(kind) is ConditionType.learned
         model, scheduler, latent_scale = fit_denoiser(params.diffusion, latents, conditions[task_index], learned,
                                                       params.seed, on_step=metric_logger())
         args.out.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from safetensors import safe_open
-
-from condpdiff.artifacts import GeneratorFiles, task_corpus_file
+from condpdiff.artifacts import CONDITION_TEXTS, GeneratorFiles, task_corpus_file
 from condpdiff.config import load_params, params_hash
 from condpdiff.registry import MODEL_NAME, lineage_tags, register_generator
 from condpdiff.tracking import git_commit, stage_run
@@ -27,8 +25,7 @@ def main() -> None:
         files = GeneratorFiles.from_outputs(args.corpus, args.normalized, args.autoencoder, args.conditions,
                                             args.diffusion)
         metrics = json.loads(args.metrics.read_text())
-        with safe_open(str(files.conditions), "pt") as handle:
-            encoder = handle.metadata()["encoder"]
+        encoder = json.loads((args.conditions / CONDITION_TEXTS).read_text())["encoder"]
         tags = {"git_commit": git_commit(), "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
                 "pipeline_id": params_hash(params), "norm": params.norm.value,
                 "condition_type": params.conditions.type.value, "eval_table": args.report.read_text()[:4900],

@@ -34,7 +34,7 @@ def copy_repo(target: Path, glue_dir: Path, profile: str = "tiny") -> None:
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         source = REPO / name
-        if source.is_file() and not name.startswith(("outputs/", "metrics/", "reports/")):
+        if source.is_file() and name != "dvc.lock" and not name.startswith(("outputs/", "metrics/", "reports/")):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     shutil.copytree(glue_dir, target / "data" / "glue")
