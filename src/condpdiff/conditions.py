@@ -13,9 +13,27 @@ from condpdiff.glue import Example
 
 
 def read_descriptions(path: Path) -> dict[str, dict]:
+    """{task: {"descriptions": [str, ...], "labels": [str, ...] | None}}; the first description is the
+    task's own, the others are the wordings that condition-diverse training may draw."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"task description file missing: {path}")
-    return yaml.safe_load(Path(path).read_text())
+    tasks = yaml.safe_load(Path(path).read_text())
+    for task, entry in tasks.items():
+        wordings = entry.get("descriptions") if isinstance(entry, dict) else None
+        if not isinstance(wordings, list) or not wordings or not all(isinstance(w, str) and w.strip() for w in wordings):
+            raise ValueError(f"{path}: task {task!r} needs `descriptions`, a non-empty list of non-empty strings")
+    return tasks
+
+
+def read_rewordings(path: Path) -> dict[str, list[str]]:
+    """Held-out rewordings {task: [str, ...]}: never read by generator training."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"rewordings file missing: {path}")
+    tasks = yaml.safe_load(Path(path).read_text())
+    for task, wordings in tasks.items():
+        if not isinstance(wordings, list) or not all(isinstance(w, str) and w.strip() for w in wordings):
+            raise ValueError(f"{path}: task {task!r} needs a list of non-empty strings")
+    return tasks
 
 
 def format_example(example: Example, labels: list[str] | None) -> str:
@@ -95,7 +113,7 @@ def build_conditions(
         raise KeyError(f"{cfg.descriptions}: no description for task(s) {missing}")
     examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
     texts = [
-        condition_text(descriptions[t]["description"], descriptions[t].get("labels"), train[t], examples,
+        condition_text(descriptions[t]["descriptions"][0], descriptions[t].get("labels"), train[t], examples,
                        seed=hash_seed(seed, t))
         for t in tasks
     ]
