@@ -19,7 +19,7 @@ def _generator(length: int) -> Generator:
                                           learned_condition=False)).eval()
     corpus = torch.randn(6, length) * 0.01
     normalizer = fit_normalizer(Norm.task, corpus, torch.tensor([0, 0, 0, 1, 1, 1]), 2)
-    return Generator(autoencoder, denoiser, dict(make_scheduler(20, "linear").config), 1.0, normalizer)
+    return Generator(autoencoder, denoiser, dict(make_scheduler(20, "linear").config), 1.0, normalizer, None)
 
 
 def test_same_seed_same_adapter_bytes_other_seed_other_bytes(tmp_path):

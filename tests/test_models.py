@@ -83,7 +83,8 @@ def test_model_files_load_weights_only(tmp_path):
 
     model = _denoiser()
     save_diffusion(model, make_scheduler(20, "linear"), 1.5, tmp_path / "model.pt")
-    loaded, config, scale = load_diffusion(tmp_path / "model.pt")
+    loaded, config, scale, mean_predictor = load_diffusion(tmp_path / "model.pt")
+    assert mean_predictor is None
     assert scale == 1.5 and config["num_train_timesteps"] == 20
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     torch.save({"spec": {}, "state_dict": {}, "payload": _Payload()}, tmp_path / "evil.pt")

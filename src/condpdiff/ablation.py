@@ -124,9 +124,10 @@ def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Pa
     corpus = stacked[:, mask]  # (M, L_generated): the other layers keep the soup's values
 
     train = {t: read_jsonl(split_file(prepared / t, "train")) for t in tasks}
-    conditions, _, _ = build_conditions(params.conditions, params.base, tasks, train, params.seed)
+    built = build_conditions(params.conditions, params.base, tasks, train, params.seed)
+    conditions = built.vectors
     reuse = load_autoencoder(autoencoder_file) if autoencoder_file is not None and autoencoder_file.is_file() else None
-    generator = train_generator(params, corpus, task_index, conditions,
+    generator = train_generator(params, corpus, task_index, built.bank,
                                 params.conditions.type is ConditionType.learned, autoencoder=reuse)
     if autoencoder_file is not None and reuse is None:
         autoencoder_file.parent.mkdir(parents=True, exist_ok=True)

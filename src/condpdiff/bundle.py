@@ -100,7 +100,7 @@ class GeneratorBundle:
         if self.spec["encoder_fingerprint"] and weights_fingerprint("minilm") != self.spec["encoder_fingerprint"]:
             raise BundleError(f"the installed condition encoder differs from {self.spec['encoder']!r}")
 
-    def _condition(self, request: Request) -> tuple[torch.Tensor, int, Layout, int]:
+    def _condition(self, request: Request) -> tuple[torch.Tensor, int | None, Layout, int]:
         """(condition vector, index of the normalization stats, layout, num_labels)"""
         tasks = self.spec["tasks"]
         if request.task is not None and request.description is None:
@@ -113,7 +113,9 @@ class GeneratorBundle:
         if self.spec["condition_type"] not in ("text", "text_fewshot"):
             raise BundleError(f"this generator was trained on {self.spec['condition_type']} conditions: "
                               "it cannot read a free description")
-        if self.spec["norm"] == Norm.task.value:
+        if self.spec["norm"] == Norm.cond.value:
+            stats_index = None  # condition-only: the generator computes the task's mean from the text
+        elif self.spec["norm"] == Norm.task.value:
             if request.stats_task not in tasks:
                 raise BundleError("norm=task: a free description has no statistics of its own; name a known task's "
                                   f"with stats_task (one of {tasks})")
@@ -128,7 +130,7 @@ class GeneratorBundle:
         text = " ".join([request.description.strip(), *(f"Example: {e}." for e in request.examples or [])])
         return self._encoder.encode([text])[0], stats_index, self.layouts[same_head[0]], request.num_labels
 
-    def check(self, request: Request) -> tuple[torch.Tensor, int, Layout, int]:
+    def check(self, request: Request) -> tuple[torch.Tensor, int | None, Layout, int]:
         """Validate a request before any generation; returns what `_condition` resolves."""
         if not 1 <= request.num_samples <= MAX_SAMPLES:
             raise BundleError(f"num_samples must be in 1..{MAX_SAMPLES}, got {request.num_samples}")

@@ -3,6 +3,7 @@ embedding by a pretrained text encoder; or one-hot / learned ids as ablations.""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,28 +98,53 @@ def make_text_encoder(cfg: ConditionsConfig, base: BaseModelConfig):
     return MiniLMTextEncoder(base)
 
 
+@dataclass(frozen=True)
+class Conditions:
+    """Each task's condition, and the bank of condition variants that training draws from.
+
+    `vectors[t]` (T, D) is what generation and evaluation use: task t's first description with
+    few-shot draw 0. `bank[t]` (T, B, D) holds B = wordings x draws variants of the same task (the
+    first description's draw 0 first); with wordings = draws = 1 the bank is `vectors` alone.
+    """
+
+    vectors: torch.Tensor
+    bank: torch.Tensor
+    texts: list[str]  # the text behind each row of `vectors`
+    encoder: str
+
+
 def build_conditions(
     cfg: ConditionsConfig,
     base: BaseModelConfig,
     tasks: list[str],
     train: dict[str, list[Example]],
     seed: int,
-) -> tuple[torch.Tensor, list[str], str]:
-    """One condition vector per task (T, D), the texts behind them and the encoder's name."""
+) -> Conditions:
     if cfg.type in (ConditionType.onehot, ConditionType.learned):
-        return torch.eye(len(tasks)), [f"{cfg.type.value}:{t}" for t in tasks], cfg.type.value
+        ids = torch.eye(len(tasks))
+        return Conditions(ids, ids[:, None, :], [f"{cfg.type.value}:{t}" for t in tasks], cfg.type.value)
     descriptions = read_descriptions(Path(cfg.descriptions))
     missing = [t for t in tasks if t not in descriptions]
     if missing:
         raise KeyError(f"{cfg.descriptions}: no description for task(s) {missing}")
+    short = [t for t in tasks if len(descriptions[t]["descriptions"]) < cfg.wordings]
+    if short:
+        raise ValueError(f"conditions.wordings={cfg.wordings}, but {cfg.descriptions} has fewer descriptions "
+                         f"for {short}")
     examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
     texts = [
-        condition_text(descriptions[t]["descriptions"][0], descriptions[t].get("labels"), train[t], examples,
-                       seed=hash_seed(seed, t))
-        for t in tasks
+        condition_text(wording, descriptions[t].get("labels"), train[t], examples, seed=draw_seed(seed, t, d))
+        for t in tasks for wording in descriptions[t]["descriptions"][:cfg.wordings] for d in range(cfg.draws)
     ]
     encoder = make_text_encoder(cfg, base)
-    return encoder.encode(texts), texts, encoder.name
+    bank = encoder.encode(texts).reshape(len(tasks), cfg.wordings * cfg.draws, -1)
+    per_task = cfg.wordings * cfg.draws
+    return Conditions(bank[:, 0].clone(), bank, texts[::per_task], encoder.name)
+
+
+def draw_seed(seed: int, task: str, draw: int) -> int:
+    """The few-shot draw `draw` of a task; draw 0 is the one generation uses."""
+    return hash_seed(seed, task) + 100_003 * draw
 
 
 def hash_seed(seed: int, task: str) -> int:

@@ -27,6 +27,7 @@ class Norm(str, enum.Enum):
     task = "task"
     batch = "batch"
     none = "none"
+    cond = "cond"  # condition-only: x = mean predicted from the condition + pooled within-task std * r
 
 
 class ConditionType(str, enum.Enum):
@@ -112,9 +113,22 @@ class ConditionsConfig:
     type: ConditionType
     descriptions: str
     examples: int
+    wordings: int  # training draws from the task's first `wordings` descriptions
+    draws: int  # few-shot example draws per wording, in training
     encoder: str  # "minilm" (offline) or "open_clip" (needs clip_weights, a local file)
     clip_model: str
     clip_weights: Optional[str]
+
+
+@dataclass(frozen=True)
+class MeanPredictorConfig:
+    """norm=cond: the network from a condition vector to its task's mean vector."""
+
+    hidden: int
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,7 @@ class Params:
     collect: CollectConfig
     autoencoder: AutoencoderConfig
     conditions: ConditionsConfig
+    mean_predictor: MeanPredictorConfig
     diffusion: DiffusionConfig
     generate: GenerateConfig
     evaluate: EvaluateConfig
@@ -213,6 +228,15 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
     if params.diffusion.grad_clip < 0:
         raise ConfigError(f"{path}: diffusion.grad_clip must be >= 0 (0: no clipping), "
                           f"got {params.diffusion.grad_clip}")
+    for name, value in (("conditions.wordings", params.conditions.wordings),
+                        ("conditions.draws", params.conditions.draws),
+                        ("mean_predictor.hidden", params.mean_predictor.hidden),
+                        ("mean_predictor.batch_size", params.mean_predictor.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{path}: {name} must be >= 1, got {value}")
+    if params.norm is Norm.cond and params.conditions.type in (ConditionType.onehot, ConditionType.learned):
+        raise ConfigError(f"{path}: norm=cond predicts each task's mean from its condition text; "
+                          f"conditions.type={params.conditions.type.value} is a task id, not a condition")
     if params.conditions.encoder not in ("minilm", "open_clip"):
         raise ConfigError(f"{path}: conditions.encoder must be minilm or open_clip")
 

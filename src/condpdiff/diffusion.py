@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from condpdiff.config import DiffusionConfig
 from condpdiff.denoiser import Denoiser, denoiser_spec, restore_denoiser
+from condpdiff.mean_predictor import MeanPredictor, restore_mean_predictor
 
 
 def make_scheduler(timesteps: int, beta_schedule: str) -> DDPMScheduler:
@@ -34,16 +35,28 @@ def p_losses(model: Denoiser, scheduler: DDPMScheduler, x0: torch.Tensor, condit
     return F.mse_loss(model(q_sample(scheduler, x0, noise, t), t, condition), noise)
 
 
+def draw_conditions(bank: torch.Tensor, task_index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One condition per row of `task_index` (n,), from its task's variants in `bank` (T, B, D).
+
+    With one variant per task (B = 1) nothing is drawn, so the random stream is the one-condition one.
+    """
+    if bank.shape[1] == 1:
+        return bank[task_index, 0]
+    return bank[task_index, torch.randint(0, bank.shape[1], task_index.shape, generator=generator)]
+
+
 def train_diffusion(
     model: Denoiser,
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
-    conditions: torch.Tensor,
+    task_index: torch.Tensor,
+    bank: torch.Tensor,
     cfg: DiffusionConfig,
     seed: int,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> Denoiser:
-    """latents (M, C, L) scaled to unit variance; conditions (M, D), one row per latent."""
+    """latents (M, C, L) scaled to unit variance, their task ids (M,) and each task's condition
+    variants (T, B, D): every step draws one variant per latent."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -51,7 +64,8 @@ def train_diffusion(
     model.train()
     for step in tqdm(range(1, cfg.steps + 1), desc="diffusion", leave=False):
         index = torch.randint(0, latents.shape[0], (min(cfg.batch_size, latents.shape[0]),), generator=generator)
-        loss = p_losses(model, scheduler, latents[index], conditions[index], generator)
+        conditions = draw_conditions(bank, task_index[index], generator)
+        loss = p_losses(model, scheduler, latents[index], conditions, generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"diffusion loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -69,21 +83,23 @@ def train_diffusion(
 def fit_denoiser(
     cfg: DiffusionConfig,
     latents: torch.Tensor,
-    conditions: torch.Tensor,
+    task_index: torch.Tensor,
+    bank: torch.Tensor,
     learned_condition: bool,
     seed: int,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> tuple[Denoiser, DDPMScheduler, float]:
-    """The conditional DDPM on latents scaled to unit variance; conditions (M, D), one row per latent.
+    """The conditional DDPM on latents scaled to unit variance; latents (M, C, L) of tasks `task_index`
+    (M,), each task's condition variants `bank` (T, B, D).
 
     Returns the denoiser, its training scheduler and the latent scale that sampling multiplies back.
     torch is seeded right before the network is built.
     """
     latent_scale = latents.std().item()
-    spec = denoiser_spec(cfg, latents.shape[1], conditions.shape[1], learned_condition)
+    spec = denoiser_spec(cfg, latents.shape[1], bank.shape[2], learned_condition)
     torch.manual_seed(seed)
     scheduler = make_scheduler(cfg.timesteps, cfg.beta_schedule)
-    model = train_diffusion(Denoiser(spec), scheduler, latents / latent_scale, conditions, cfg, seed, on_step)
+    model = train_diffusion(Denoiser(spec), scheduler, latents / latent_scale, task_index, bank, cfg, seed, on_step)
     return model, scheduler, latent_scale
 
 
@@ -109,16 +125,23 @@ def sample_latents(
     return x
 
 
-def save_diffusion(model: Denoiser, scheduler: DDPMScheduler, latent_scale: float, path) -> None:
+def save_diffusion(model: Denoiser, scheduler: DDPMScheduler, latent_scale: float, path,
+                   mean_predictor: MeanPredictor | None = None) -> None:
     """The same model gives the same bytes: diffusers lists its defaulted keys in set order, which
-    changes from process to process, so that list is sorted before saving."""
+    changes from process to process, so that list is sorted before saving. Under norm=cond the
+    condition's mean predictor is saved with the denoiser: both read the condition."""
     config = {key: sorted(value) if key == "_use_default_values" else value for key, value in scheduler.config.items()}
-    torch.save({"spec": asdict(model.spec), "state_dict": model.state_dict(), "scheduler": config,
-                "latent_scale": latent_scale}, path)
+    checkpoint = {"spec": asdict(model.spec), "state_dict": model.state_dict(), "scheduler": config,
+                  "latent_scale": latent_scale}
+    if mean_predictor is not None:
+        checkpoint["mean_predictor"] = {"spec": asdict(mean_predictor.spec), "state_dict": mean_predictor.state_dict()}
+    torch.save(checkpoint, path)
 
 
-def load_diffusion(path) -> tuple[Denoiser, dict, float]:
-    """(denoiser, scheduler config, latent scale). weights_only: a registry artifact never runs code on load."""
+def load_diffusion(path) -> tuple[Denoiser, dict, float, MeanPredictor | None]:
+    """(denoiser, scheduler config, latent scale, mean predictor or None). weights_only: a registry artifact
+    never runs code on load."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    mean = checkpoint.get("mean_predictor")
     return restore_denoiser(checkpoint["spec"], checkpoint["state_dict"]), checkpoint["scheduler"], \
-        checkpoint["latent_scale"]
+        checkpoint["latent_scale"], restore_mean_predictor(mean["spec"], mean["state_dict"]) if mean else None

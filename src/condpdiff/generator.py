@@ -8,7 +8,9 @@ import torch
 from condpdiff.artifacts import GeneratorFiles
 from condpdiff.autoencoder import Autoencoder, load_autoencoder
 from condpdiff.denoiser import Denoiser
+from condpdiff.config import Norm
 from condpdiff.diffusion import load_diffusion, sample_latents
+from condpdiff.mean_predictor import MeanPredictor
 from condpdiff.normalize import Normalizer
 
 
@@ -19,23 +21,49 @@ class Generator:
     scheduler_config: dict
     latent_scale: float
     normalizer: Normalizer
+    mean_predictor: MeanPredictor | None  # norm=cond: the condition's mean
+
+    @property
+    def condition_only(self) -> bool:
+        """True when generation reads the condition and shared statistics only (norm=cond)."""
+        return self.normalizer.method is Norm.cond
+
+    def __post_init__(self):
+        if self.condition_only and self.mean_predictor is None:
+            raise ValueError("norm=cond needs the condition's mean predictor (in the diffusion model file)")
+
+    @torch.inference_mode()
+    def condition_mean(self, condition: torch.Tensor) -> torch.Tensor:
+        """norm=cond: condition (D,) -> the mean vector it predicts, in weight space (L,)."""
+        z = self.mean_predictor(condition[None, :])[0]
+        return self.normalizer.global_mean + self.normalizer.global_std * z
+
+    @torch.inference_mode()
+    def denormalize(self, normalized: torch.Tensor, condition: torch.Tensor, stats_index: int | None) -> torch.Tensor:
+        """(K, L) normalized vectors -> weight space: the condition's mean under `cond`, else the
+        statistics of task `stats_index`."""
+        if self.condition_only:
+            return self.condition_mean(condition) + self.normalizer.shared_std * normalized
+        if stats_index is None:
+            raise ValueError(f"norm={self.normalizer.method.value} needs a task's statistics (stats_index)")
+        return self.normalizer.inverse(normalized, torch.full((len(normalized),), stats_index, dtype=torch.long))
 
     @torch.inference_mode()
     def generate(
-        self, condition: torch.Tensor, stats_index: int, length: int, samples: int,
+        self, condition: torch.Tensor, stats_index: int | None, length: int, samples: int,
         sampler: str, inference_steps: int, seed: int,
     ) -> torch.Tensor:
         """condition (D,) -> (samples, length) vectors in weight space.
 
-        `stats_index` picks the task whose normalization statistics undo the normalization;
-        `length` is the task's real layout length (the zero padding is dropped).
+        `stats_index` picks the task whose normalization statistics undo the normalization; under
+        norm=cond it is ignored (the condition alone decides). `length` is the task's real layout
+        length (the zero padding is dropped).
         """
         conditions = condition[None, :].expand(samples, -1)
         latents = sample_latents(self.denoiser, self.scheduler_config, conditions, self.autoencoder.spec.latent_shape,
                                  sampler, inference_steps, seed)
         normalized = self.autoencoder.decode(latents * self.latent_scale)
-        index = torch.full((samples,), stats_index, dtype=torch.long)
-        vectors = self.normalizer.inverse(normalized, index)[:, :length]
+        vectors = self.denormalize(normalized, condition, stats_index)[:, :length]
         if not torch.isfinite(vectors).all():
             raise FloatingPointError("generated weights hold NaN or inf")
         return vectors.contiguous()
@@ -53,6 +81,6 @@ def load_generator(files: GeneratorFiles) -> Generator:
     missing = files.missing()
     if missing:
         raise FileNotFoundError(f"generator files missing: {[str(p) for p in missing]}")
-    denoiser, scheduler_config, latent_scale = load_diffusion(files.diffusion)
+    denoiser, scheduler_config, latent_scale, mean_predictor = load_diffusion(files.diffusion)
     return Generator(load_autoencoder(files.autoencoder), denoiser, scheduler_config, latent_scale,
-                     Normalizer.load(files.stats))
+                     Normalizer.load(files.stats), mean_predictor)
