@@ -54,6 +54,48 @@ def _ablate(args) -> None:
     print(path.read_text())
 
 
+def _study(args) -> None:
+    import json
+    import tempfile
+    import time
+
+    import mlflow
+    import yaml
+    from omegaconf import OmegaConf
+
+    from condpdiff.config import flatten_dict, load_params, params_to_dict
+    from condpdiff.study import render_study_table, run_study
+    from condpdiff.tracking import stage_run
+
+    raw = OmegaConf.load(args.params)
+    for override in args.set:
+        if "=" not in override:
+            raise ValueError(f"-S {override!r}: expected key=value")
+        key, value = override.split("=", 1)
+        if OmegaConf.select(raw, key, default=KeyError) is KeyError:
+            raise KeyError(f"-S {key}: no such key in {args.params}")
+        OmegaConf.update(raw, key, yaml.safe_load(value), merge=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(OmegaConf.to_yaml(raw))
+    params = load_params(handle.name)
+    Path(handle.name).unlink()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with stage_run("study", params, row=args.name, overrides=" ".join(args.set)) as run:
+        start = time.perf_counter()
+        result = run_study(params, params.data.tasks if args.tasks is None else args.tasks, Path(args.prepared),
+                           Path(args.corpus), scored=args.scored, baselines=args.baselines,
+                           rewordings=Path(args.rewordings) if args.rewordings else None)
+        result.update(seconds=time.perf_counter() - start, overrides=args.set, run_id=run.info.run_id,
+                      params=flatten_dict(params_to_dict(params)))
+        (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+        mlflow.log_metrics({k: float(v) for k, v in result["average"].items()})
+        mlflow.log_artifact(str(out / f"{args.name}.json"))
+    rows = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))}
+    (out / "study.md").write_text(render_study_table(rows))
+    print((out / "study.md").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m condpdiff")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     ablate.add_argument("--no-cache", action="store_true", help="compute every row afresh")
     ablate.add_argument("--out", default="reports")
     ablate.set_defaults(run=_ablate)
+    study = commands.add_parser("study", help="does the condition carry the task? one generator variant, measured")
+    study.add_argument("name", help="the row's name: reports/conditional/<name>.json")
+    study.add_argument("-S", "--set", action="append", default=[], help="key=value over params.yaml (repeatable)")
+    study.add_argument("--params", default="params.yaml")
+    study.add_argument("--prepared", default="outputs/prepared")
+    study.add_argument("--corpus", default="outputs/corpus")
+    study.add_argument("--tasks", nargs="+", help="default: data.tasks")
+    study.add_argument("--scored", type=int, default=5, help="corpus checkpoints reconstructed and scored per task")
+    study.add_argument("--baselines", action="store_true", help="also the head-only and base rows")
+    study.add_argument("--rewordings", help="held-out rewordings (data/task_rewordings.yaml): score them too")
+    study.add_argument("--out", default="reports/conditional")
+    study.set_defaults(run=_study)
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -1,0 +1,330 @@
+"""Does the condition carry the task? One study row: train a generator on the collected corpus under
+the params, then measure what decides its adapters.
+
+Every row, per task (K = generate.samples, choices on `select`, `eval` only reported):
+- `own` / `wrong`: K samples from the task's own condition and from the next task's condition
+  (the whole vector: LoRA and head), scored on `select` (mean and best) and the best on `eval`;
+- `splice`: the same samples' LoRA with the task's best original head: does the LoRA part alone
+  depend on the condition? A paired bootstrap over the `select` examples gives a 95% interval of
+  own minus wrong;
+- `trivial`: the generator without diffusion: the mean it would decode around plus its scale times
+  N(0, I) (task norm: soup + std_task * N(0, I); cond: the condition's mean + pooled std * N(0, I)),
+  same K, same selection; `mean`: that mean alone;
+- diagnostics: the autoencoder's reconstruction of a few corpus checkpoints in weight space and in
+  the task metric; each sample's distance to its own task's soup and to the nearest other task's;
+  how far the denoiser's x0 estimate moves when the condition changes, across timesteps; and the
+  size of the last sampling steps' noise in weight space, against the corpus spread.
+
+Knows nothing of MLflow: `python -m condpdiff study` logs each row as a run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from condpdiff.artifacts import LAYOUTS, ORIGINALS, split_file, task_corpus_file
+from condpdiff.autoencoder import encode_latents
+from condpdiff.conditions import (build_conditions, condition_text, draw_seed, make_text_encoder, read_descriptions,
+                                  read_rewordings)
+from condpdiff.config import ConditionType, Norm, Params
+from condpdiff.corpus import load_task_corpus, spaced_indices, stack_corpus
+from condpdiff.evaluation import Scorer, nearest_distances, predict, task_scorer
+from condpdiff.finetune import encode, label_tensor, lr_factor, kept_steps
+from condpdiff.generator import Generator, generation_seed
+from condpdiff.glue import Example, compute_metrics, headline, read_jsonl
+from condpdiff.lora import flatten_model, load_tokenizer, load_vector, read_layouts
+from condpdiff.training import train_generator
+
+TIMESTEPS = (999, 900, 750, 500, 250, 100, 50, 10, 0)  # where x0(own) and x0(wrong) are compared
+FINAL_STEPS = (1, 2, 5, 10)  # the DDPM steps whose added noise is measured in weight space
+
+
+def predictions(scorer: Scorer, vector: torch.Tensor, examples: list[Example]) -> np.ndarray:
+    load_vector(scorer.model, vector, scorer.layout)
+    return predict(scorer.model, scorer.tokenizer, scorer.task, examples, scorer.batch_size, scorer.max_length)
+
+
+def mean_headline(task: str, preds: np.ndarray, labels: np.ndarray) -> float:
+    """The headline metric averaged over the rows of `preds` (K, N)."""
+    return float(np.mean([headline(task, compute_metrics(task, p, labels)) for p in preds]))
+
+
+def paired_bootstrap(task: str, own: np.ndarray, wrong: np.ndarray, labels: np.ndarray, rounds: int,
+                     seed: int) -> tuple[float, float, float]:
+    """(own - wrong, 2.5%, 97.5%) of the mean-over-K headline, resampling the examples (paired)."""
+    rng = np.random.default_rng(seed)
+    observed = mean_headline(task, own, labels) - mean_headline(task, wrong, labels)
+    diffs = []
+    for _ in range(rounds):
+        index = rng.integers(0, len(labels), len(labels))
+        diffs.append(mean_headline(task, own[:, index], labels[index]) - mean_headline(task, wrong[:, index],
+                                                                                       labels[index]))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return observed, float(low), float(high)
+
+
+def splice(vectors: torch.Tensor, head_from: torch.Tensor, lora_mask: torch.Tensor) -> torch.Tensor:
+    """(K, L) vectors with their LoRA entries kept and every other entry (the head) taken from `head_from`."""
+    return torch.where(lora_mask, vectors, head_from.expand_as(vectors))
+
+
+@torch.inference_mode()
+def condition_sensitivity(generator: Generator, latents: torch.Tensor, own: torch.Tensor, wrong: torch.Tensor,
+                          seed: int) -> dict[int, float]:
+    """||x0_hat(own) - x0_hat(wrong)|| / ||x0|| at each timestep, on the task's (scaled) training latents.
+
+    A condition path the denoiser ignores shows ~0 at every t; one it reads shows a gap at high noise,
+    where only the condition can say which task the sample belongs to."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(generator.scheduler_config)
+    x0 = latents / generator.latent_scale
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    result = {}
+    for t in TIMESTEPS:
+        if t >= scheduler.config.num_train_timesteps:
+            continue
+        steps = torch.full((len(x0),), t, dtype=torch.long)
+        x_t = scheduler.add_noise(x0, noise, steps)
+        abar = scheduler.alphas_cumprod[t]
+        estimates = [(x_t - (1 - abar).sqrt() * generator.denoiser(x_t, steps, c.expand(len(x0), -1))) / abar.sqrt()
+                     for c in (own, wrong)]
+        result[t] = ((estimates[0] - estimates[1]).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).median().item()
+    return result
+
+
+@torch.inference_mode()
+def final_step_noise(generator: Generator, latents: torch.Tensor, condition: torch.Tensor, stats_index: int | None,
+                     length: int, seed: int) -> dict[int, float]:
+    """Weight-space L2 size of the noise that DDPM step t (t -> t-1) adds, at the last steps: decode a
+    latent with and without sigma_t * N(0, I) added and compare the adapters."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(generator.scheduler_config)
+    x0 = latents / generator.latent_scale
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    result = {}
+    for t in FINAL_STEPS:
+        abar, abar_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[t - 1]
+        sigma = ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()  # DDPM's posterior std
+        decoded = [generator.denormalize(generator.autoencoder.decode(z * generator.latent_scale), condition,
+                                         stats_index)[:, :length] for z in (x0, x0 + sigma * noise)]
+        result[t] = (decoded[1] - decoded[0]).norm(dim=1).median().item()
+    return result
+
+
+def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: int = 5, rounds: int = 1000,
+              baselines: bool = False, rewordings: Path | None = None, reworded_samples: int = 3, log=print) -> dict:
+    if len(tasks) < 2:
+        raise ValueError(f"a study needs at least two tasks (a wrong condition is another task's), got {tasks}")
+    """One study row under `params` (its norm, conditions, generator): the results per task and averaged.
+    `baselines` adds the rows that do not depend on the generator: `head_only` (the head trained alone,
+    LoRA off) and `base` (the best original's head, LoRA zeroed). `rewordings` (a held-out rewordings file)
+    adds `reworded`: per rewording, `reworded_samples` samples from it (with the same few-shot examples as
+    the task's own condition), their `select` mean."""
+    layouts, padded_length, _ = read_layouts(corpus_dir / LAYOUTS)
+    originals = json.loads((corpus_dir / ORIGINALS).read_text())
+    stacked, task_index = stack_corpus(corpus_dir, tasks, padded_length)
+    train = {t: read_jsonl(split_file(prepared / t, "train")) for t in tasks}
+    built = build_conditions(params.conditions, params.base, tasks, train, params.seed)
+    generator = train_generator(params, stacked, task_index, built.bank,
+                                params.conditions.type is ConditionType.learned)
+    normalized = generator.normalizer.transform(stacked, task_index)
+    latents = encode_latents(generator.autoencoder, normalized)
+    tokenizer = load_tokenizer(params.base)
+    soups = torch.stack([stacked[task_index == i].mean(dim=0) for i in range(len(tasks))])
+    cond_only = generator.condition_only
+    held_out = read_rewordings(rewordings) if rewordings is not None else None
+    if held_out is not None:
+        if params.conditions.type not in (ConditionType.text, ConditionType.text_fewshot):
+            raise ValueError(f"rewordings need a text condition, not {params.conditions.type.value}")
+        encoder = make_text_encoder(params.conditions, params.base)
+        labels_of = read_descriptions(Path(params.conditions.descriptions))
+        examples = params.conditions.examples if params.conditions.type is ConditionType.text_fewshot else 0
+    results = {}
+    for i, task in enumerate(tasks):
+        layout, length = layouts[task], layouts[task].length
+        other = (i + 1) % len(tasks)
+        stats = None if cond_only else i
+        select, evaluation = (read_jsonl(split_file(prepared / task, s)) for s in ("select", "eval"))
+        labels = np.array([e.label for e in select], dtype=np.float64)
+        scorer = task_scorer(params.base, params.lora, task, params.evaluate.batch_size, params.seed,
+                             tokenizer=tokenizer, layout=layout)
+        init = flatten_model(scorer.model, layout)  # the seeded, untrained head
+        corpus, _ = load_task_corpus(task_corpus_file(corpus_dir, task))
+        seed = generation_seed(params.seed, i)
+        common = dict(length=length, samples=params.generate.samples, sampler=params.generate.sampler.value,
+                      inference_steps=params.generate.inference_steps, seed=seed)
+        own = generator.generate(built.vectors[i], stats, **common)
+        wrong = generator.generate(built.vectors[other], stats, **common)
+        head = corpus[originals[task]["best_index"]]
+        lora_mask = layout.lora_mask()
+        scores = {}
+
+        def score(name: str, vectors: torch.Tensor) -> np.ndarray:
+            preds = np.stack([predictions(scorer, v, select) for v in vectors])
+            values = [headline(task, compute_metrics(task, p, labels)) for p in preds]
+            best = int(np.argmax(values))
+            scores[name] = {"select_mean": float(np.mean(values)), "select_best": values[best],
+                            "eval_of_best": scorer.headline(vectors[best], evaluation)}
+            return preds
+
+        score("own", own)
+        score("wrong", wrong)
+        splice_own = score("splice_own", splice(own, head, lora_mask))
+        splice_wrong = score("splice_wrong", splice(wrong, head, lora_mask))
+        diff, low, high = paired_bootstrap(task, splice_own, splice_wrong, labels, rounds, params.seed)
+        if cond_only:
+            centre, scale = generator.condition_mean(built.vectors[i])[:length], generator.normalizer.shared_std
+        elif generator.normalizer.method is Norm.task:
+            centre, scale = corpus.mean(dim=0), generator.normalizer.std[i]
+        else:
+            centre, scale = None, None
+        if centre is not None:
+            draws = torch.randn((params.generate.samples, padded_length), generator=torch.Generator().manual_seed(seed))
+            score("trivial", centre + scale[:length] * draws[:, :length])
+            score("mean", centre[None])
+        if baselines:
+            score("head_only", head_only(params, scorer, train[task], init)[None])
+            score("base", torch.where(lora_mask, torch.zeros_like(head), head)[None])
+        if held_out is not None:
+            texts = [condition_text(w, labels_of[task].get("labels"), train[task], examples,
+                                    seed=draw_seed(params.seed, task, 0)) for w in held_out[task]]
+            values = []
+            for text, condition in zip(texts, encoder.encode(texts)):
+                vectors = generator.generate(condition, stats, **{**common, "samples": reworded_samples})
+                values.append({"text": text, "select_mean": float(np.mean([scorer.headline(v, select) for v in vectors]))})
+            scores["reworded"] = {"select_mean": float(np.mean([v["select_mean"] for v in values])),
+                                  "select_best": float(max(v["select_mean"] for v in values)),
+                                  "eval_of_best": float("nan"), "each": values}
+        picked = spaced_indices(scored, len(corpus))
+        rows = (task_index == i).nonzero()[:, 0][picked]
+        reconstructed = generator.denormalize(generator.autoencoder.decode(latents[rows]), built.vectors[i],
+                                              stats)[:, :length]
+        score("reconstructed", reconstructed)
+        score("original_scored", corpus[picked])
+        other_soups = [soups[j, :length] for j in range(len(tasks)) if j != i]
+        results[task] = {
+            "scores": scores,
+            "splice_bootstrap": {"own_minus_wrong": diff, "low": low, "high": high},
+            "distance": {
+                "corpus_nearest_neighbour_median": nearest_distances(corpus, corpus, exclude_self=True).median().item(),
+                "own_to_corpus_median": nearest_distances(own, corpus).median().item(),
+                "own_to_own_soup_median": (own - soups[i, :length]).norm(dim=1).median().item(),
+                "own_to_nearest_other_soup_median": torch.stack(
+                    [(own - s).norm(dim=1) for s in other_soups]).min(dim=0).values.median().item(),
+                "reconstruction_error_median": (reconstructed - corpus[picked]).norm(dim=1).median().item(),
+                "soup_to_nearest_other_soup": min((soups[i, :length] - s).norm().item() for s in other_soups),
+            },
+            "condition_sensitivity": condition_sensitivity(generator, latents[task_index == i][:16],
+                                                           built.vectors[i], built.vectors[other], seed),
+            "final_step_noise": final_step_noise(generator, latents[task_index == i][:8], built.vectors[i], stats,
+                                                 length, seed),
+        }
+        if cond_only:
+            results[task]["distance"]["condition_mean_to_soup"] = (centre - soups[i, :length]).norm().item()
+        log(task, {k: round(v["select_mean"], 2) for k, v in scores.items()},
+            f"splice own-wrong {diff:.2f} [{low:.2f}, {high:.2f}]")
+    return {"tasks": results, "average": average(results, tasks)}
+
+
+def average(results: dict, tasks: list[str]) -> dict[str, float]:
+    """Six-task averages of every score, and how many tasks the splice interval puts above zero."""
+    names = set.intersection(*(set(results[t]["scores"]) for t in tasks))
+    summary = {f"{name}_{key}": float(np.mean([results[t]["scores"][name][key] for t in tasks]))
+               for name in sorted(names) for key in ("select_mean", "select_best", "eval_of_best")}
+    if "reworded" in names:
+        summary["reworded_minus_own_select_mean"] = summary["reworded_select_mean"] - summary["own_select_mean"]
+    summary["own_minus_wrong_select_mean"] = summary["own_select_mean"] - summary["wrong_select_mean"]
+    summary["splice_tasks_own_above_wrong"] = sum(results[t]["splice_bootstrap"]["low"] > 0 for t in tasks)
+    return {k: v for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+@torch.inference_mode()
+def pooled_features(scorer: Scorer, examples: list[Example], batch_size: int) -> torch.Tensor:
+    """The frozen base's pooled [CLS] features (LoRA zeroed): what the classification head reads."""
+    load_vector(scorer.model, torch.zeros(scorer.layout.length), scorer.layout)
+    scorer.model.eval()
+    encoder = scorer.model.base_model.model.bert
+    return torch.cat([encoder(**encode(scorer.tokenizer, examples[s:s + batch_size], scorer.max_length)).pooler_output
+                      for s in range(0, len(examples), batch_size)])
+
+
+def head_only(params: Params, scorer: Scorer, train: list[Example], head_init: torch.Tensor) -> torch.Tensor:
+    """The head trained alone on the frozen base (LoRA off) for collect's steps, batch size, head rate and
+    schedule; the features are computed once (no dropout: the base is frozen and in eval mode).
+    `head_init` is a flat vector whose head entries start the training (the model's seeded init).
+    Returns the flat vector: zero LoRA, the trained head."""
+    cfg = params.collect
+    features = pooled_features(scorer, train, params.evaluate.batch_size)
+    names = [(n, s, o) for n, s, o in zip(scorer.layout.names, scorer.layout.shapes, scorer.layout.offsets)
+             if not scorer.layout.is_lora(n)]
+    weight = next((s, o) for n, s, o in names if n.endswith("weight"))
+    bias = next((s, o) for n, s, o in names if n.endswith("bias"))
+    if len(names) != 2 or weight[0][1] != features.shape[1]:
+        raise ValueError(f"{scorer.task}: expected one linear head over {features.shape[1]} features, got {names}")
+    layer = torch.nn.Linear(weight[0][1], weight[0][0])
+    with torch.no_grad():
+        layer.weight.copy_(head_init[weight[1]:weight[1] + math.prod(weight[0])].reshape(weight[0]))
+        layer.bias.copy_(head_init[bias[1]:bias[1] + math.prod(bias[0])])
+    labels = label_tensor(scorer.task, train)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr_head, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + 1, cfg, min(kept_steps(cfg))))
+    rng, order = random.Random(params.seed), []
+    for _ in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            fresh = list(range(len(train)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        index, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        logits = layer(features[index])
+        loss = (torch.nn.functional.mse_loss(logits[:, 0], labels[index]) if logits.shape[1] == 1
+                else torch.nn.functional.cross_entropy(logits, labels[index]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    vector = torch.zeros(scorer.layout.length)
+    vector[weight[1]:weight[1] + math.prod(weight[0])] = layer.weight.detach().flatten()
+    vector[bias[1]:bias[1] + math.prod(bias[0])] = layer.bias.detach()
+    return vector
+
+
+COLUMNS = (  # (column, key in `average`): the study table
+    ("own select mean", "own_select_mean"), ("own select best", "own_select_best"),
+    ("own eval (best on select)", "own_eval_of_best"), ("wrong select mean", "wrong_select_mean"),
+    ("own - wrong", "own_minus_wrong_select_mean"), ("splice own", "splice_own_select_mean"),
+    ("splice wrong", "splice_wrong_select_mean"), ("splice tasks own > wrong (95%)", "splice_tasks_own_above_wrong"),
+    ("trivial select best", "trivial_select_best"), ("trivial eval", "trivial_eval_of_best"),
+    ("mean-only eval", "mean_eval_of_best"), ("reworded select mean", "reworded_select_mean"),
+    ("reworded - own", "reworded_minus_own_select_mean"), ("reconstructed select mean", "reconstructed_select_mean"),
+    ("originals select mean", "original_scored_select_mean"),
+)
+
+
+def render_study_table(rows: dict[str, dict]) -> str:
+    """Markdown: one line per study row (six-task averages, x100), then the per-task diagnostics."""
+    lines = ["| row | overrides | minutes | " + " | ".join(c for c, _ in COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(COLUMNS)]
+    for name, row in rows.items():
+        cells = [f"{row['average'][key]:.2f}" if key in row["average"] else "n/a" for _, key in COLUMNS]
+        lines.append(f"| {name} | {' '.join(row['overrides']) or '(params.yaml)'} | {row['seconds'] / 60:.1f} | "
+                     + " | ".join(cells) + " |")
+    for name, row in rows.items():
+        lines += ["", f"### {name}: diagnostics per task", "",
+                  "| task | corpus NN | own->corpus | own->own soup | own->nearest other soup | soup->nearest other soup "
+                  "| AE reconstruction L2 | x0 gap t=999 / 500 / 50 | last-step noise L2 (t=1 / 10) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for task, result in row["tasks"].items():
+            d, gap, noise = result["distance"], result["condition_sensitivity"], result["final_step_noise"]
+            gaps = " / ".join(f"{gap[t]:.3f}" for t in ("999", "500", "50") if t in gap)
+            lines.append(f"| {task} | {d['corpus_nearest_neighbour_median']:.4f} | {d['own_to_corpus_median']:.4f} | "
+                         f"{d['own_to_own_soup_median']:.4f} | {d['own_to_nearest_other_soup_median']:.3f} | "
+                         f"{d['soup_to_nearest_other_soup']:.3f} | {d['reconstruction_error_median']:.4f} | {gaps} | "
+                         f"{noise.get('1', float('nan')):.4f} / {noise.get('10', float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""The condition carries the task: toy clusters a tiny generator must tell apart by condition alone,
+condition-only generation (norm=cond) that reads no per-task tensor, and the study's statistics."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from condpdiff.config import Norm
+from condpdiff.normalize import fit_normalizer
+from condpdiff.study import paired_bootstrap, splice
+from condpdiff.training import train_generator
+from conftest import TINY_PARAMS
+
+LENGTH, PER_CLUSTER = 64, 24
+
+
+def _clusters(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three tight clusters far apart (the regime of the LoRA corpus: tasks far apart, checkpoints close),
+    and one condition vector per cluster, with 4 variants each (condition diversity)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, LENGTH, generator=g) * 2.0
+    corpus = torch.cat([c + 0.02 * torch.randn(PER_CLUSTER, LENGTH, generator=g) for c in centres])
+    task_index = torch.arange(3).repeat_interleave(PER_CLUSTER)
+    base = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    bank = torch.nn.functional.normalize(base[:, None, :] + 0.05 * torch.randn(3, 4, 16, generator=g), dim=-1)
+    return centres, corpus, task_index, bank
+
+
+def _params(norm: Norm):
+    p = TINY_PARAMS
+    return replace(p, norm=norm,
+                   autoencoder=replace(p.autoencoder, channels=[16, 32], latent_channels=4, steps=400, batch_size=16,
+                                       lr=0.003),
+                   mean_predictor=replace(p.mean_predictor, steps=300),
+                   diffusion=replace(p.diffusion, timesteps=100, channels=[32, 64], embed_dim=32, steps=600,
+                                     batch_size=32, lr=0.002))
+
+
+def _nearest(vectors: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(vectors, centres).argmin(dim=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", [Norm.batch, Norm.cond])
+def test_samples_land_on_the_cluster_their_condition_names(norm):
+    """Under one global normalization (batch) only the condition tells the clusters apart; under cond
+    the condition's predicted mean does. Either way each condition's samples must land on its cluster."""
+    centres, corpus, task_index, bank = _clusters()
+    generator = train_generator(_params(norm), corpus, task_index, bank, learned_condition=False)
+    for k in range(3):
+        condition = bank[k, 0]
+        stats = None if norm is Norm.cond else k
+        samples = generator.generate(condition, stats, LENGTH, samples=8, sampler="ddim", inference_steps=20, seed=k)
+        assert (_nearest(samples, centres) == k).float().mean() >= 0.875, f"cluster {k}: {_nearest(samples, centres)}"
+
+
+def test_condition_only_generation_reads_no_task_statistics():
+    """norm=cond: scrambling every per-task row of the stats changes nothing; the condition decides."""
+    centres, corpus, task_index, bank = _clusters(1)
+    params = _params(Norm.cond)
+    params = replace(params, autoencoder=replace(params.autoencoder, steps=5), diffusion=replace(params.diffusion,
+                     steps=5), mean_predictor=replace(params.mean_predictor, steps=5))
+    generator = train_generator(params, corpus, task_index, bank, learned_condition=False)
+    first = generator.generate(bank[0, 0], None, LENGTH, 2, "ddim", 5, seed=3)
+    scrambled = replace(generator.normalizer, mean=torch.randn_like(generator.normalizer.mean))
+    generator.normalizer = scrambled
+    assert torch.equal(first, generator.generate(bank[0, 0], 2, LENGTH, 2, "ddim", 5, seed=3))
+    assert not torch.equal(first, generator.generate(bank[1, 0], None, LENGTH, 2, "ddim", 5, seed=3))
+
+
+def test_cond_norm_centres_each_task_and_pools_one_scale():
+    torch.manual_seed(0)
+    corpus = torch.cat([torch.randn(50, 4) * 1.0 + 10, torch.randn(50, 4) * 3.0 - 10])
+    task_index = torch.arange(2).repeat_interleave(50)
+    normalizer = fit_normalizer(Norm.cond, corpus, task_index, 2)
+    z = normalizer.transform(corpus, task_index)
+    assert z[:50].mean().abs() < 0.2 and z[50:].mean().abs() < 0.2  # each task centred on its own mean
+    assert torch.equal(normalizer.std[0], normalizer.std[1])  # one scale, shared by the tasks
+    pooled = ((corpus[:50].var(0, unbiased=False) + corpus[50:].var(0, unbiased=False)) / 2).sqrt()
+    torch.testing.assert_close(normalizer.shared_std, pooled)
+    with pytest.raises(ValueError, match="no shared std"):
+        _ = fit_normalizer(Norm.task, corpus, task_index, 2).shared_std
+
+
+def test_splice_keeps_lora_and_takes_the_head():
+    vectors = torch.arange(12.0).reshape(2, 6)
+    mask = torch.tensor([True, True, False, True, False, False])
+    spliced = splice(vectors, torch.full((6,), -1.0), mask)
+    assert spliced.tolist() == [[0, 1, -1, 3, -1, -1], [6, 7, -1, 9, -1, -1]]
+
+
+def test_paired_bootstrap_separates_a_real_gap_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300).astype(float)
+    good = np.stack([np.where(rng.random(300) < 0.9, labels, 1 - labels) for _ in range(3)])
+    bad = np.stack([np.where(rng.random(300) < 0.6, labels, 1 - labels) for _ in range(3)])
+    diff, low, high = paired_bootstrap("sst2", good, bad, labels, rounds=200, seed=0)
+    assert low > 0 and low <= diff <= high
+    _, low, high = paired_bootstrap("sst2", good, good[[1, 2, 0]], labels, rounds=200, seed=0)
+    assert low <= 0 <= high
