@@ -99,3 +99,15 @@ def test_paired_bootstrap_separates_a_real_gap_and_not_noise():
     assert low > 0 and low <= diff <= high
     _, low, high = paired_bootstrap("sst2", good, good[[1, 2, 0]], labels, rounds=200, seed=0)
     assert low <= 0 <= high
+
+
+def test_study_commands_refuse_bad_overrides_before_any_work(tmp_path, capsys):
+    from condpdiff.cli import main
+
+    assert main(["study", "x", "-S", "nope=1", "--out", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["study", "x", "-S", "norm=weird", "--out", str(tmp_path)]) == 2
+    assert "params.yaml with -S norm=weird: norm" in capsys.readouterr().err
+    assert main(["loto", "--out", str(tmp_path)]) == 2  # params.yaml's norm=task cannot hold a task out
+    assert "norm=cond" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

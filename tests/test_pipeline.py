@@ -172,3 +172,27 @@ def test_adding_a_task_runs_only_its_own_prepare_and_collect(tiny_repo):
         assert not ran & {"prepare@sst2", "prepare@stsb", "collect@sst2", "collect@stsb"}
         assert (tiny_repo / "outputs" / "corpus" / "rte.safetensors").is_file()
         assert "rte_generated" in json.loads((tiny_repo / "metrics" / "eval.json").read_text())["eval"]
+
+
+def test_study_and_leave_one_task_out_run_on_the_tiny_corpus(tiny_repo):
+    """The research commands on a real (tiny) corpus: condition-only rows with every baseline, the held-out
+    rewordings, and both folds (STS-B's one-output head takes the head-only path, SST-2's the generated)."""
+    cond = ["-S", "norm=cond", "-S", "conditions.wordings=2", "-S", "conditions.draws=2"]
+    _run(tiny_repo, sys.executable, "-m", "condpdiff", "study", "tiny-cond", *cond, "--baselines", "--scored", "2",
+         "--rewordings", "data/task_rewordings.yaml", "--out", "outputs/study")
+    row = json.loads((tiny_repo / "outputs" / "study" / "tiny-cond.json").read_text())
+    assert {"own", "wrong", "splice_own", "splice_wrong", "trivial", "mean", "head_only", "base", "reworded",
+            "reconstructed", "original_scored"} <= set(row["tasks"]["sst2"]["scores"])
+    assert len(row["tasks"]["stsb"]["scores"]["reworded"]["each"]) == 4
+    assert _finite(row["average"]) and _finite(row["tasks"]["sst2"]["distance"])
+    assert "| tiny-cond |" in (tiny_repo / "outputs" / "study" / "study.md").read_text()
+    _run(tiny_repo, sys.executable, "-m", "condpdiff", "loto", *cond, "--out", "outputs/study")
+    folds = {f["held_out"]: f for f in json.loads((tiny_repo / "outputs" / "study" / "loto.json").read_text())["folds"]}
+    assert folds["sst2"]["head"].startswith("head-only") and folds["stsb"]["head"].startswith("head-only")
+    for fold in folds.values():
+        assert set(fold["scores"]) == {"generated", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only",
+                                       "original"} and _finite(fold["scores"])
+    runs = mlflow.MlflowClient(_store(tiny_repo)).search_runs(
+        [mlflow.MlflowClient(_store(tiny_repo)).get_experiment_by_name("condpdiff").experiment_id],
+        "tags.stage = 'loto'")
+    assert {r.data.tags["held_out"] for r in runs} == {"sst2", "stsb"}

@@ -54,31 +54,44 @@ def _ablate(args) -> None:
     print(path.read_text())
 
 
-def _study(args) -> None:
-    import json
+def _params_with(path: str, overrides: list[str]):
+    """params.yaml with `key=value` overrides (as `dvc exp run -S`), validated like the file itself."""
     import tempfile
-    import time
 
-    import mlflow
     import yaml
     from omegaconf import OmegaConf
 
-    from condpdiff.config import flatten_dict, load_params, params_to_dict
-    from condpdiff.study import render_study_table, run_study
-    from condpdiff.tracking import stage_run
+    from condpdiff.config import ConfigError, load_params
 
-    raw = OmegaConf.load(args.params)
-    for override in args.set:
+    raw = OmegaConf.load(path)
+    for override in overrides:
         if "=" not in override:
             raise ValueError(f"-S {override!r}: expected key=value")
         key, value = override.split("=", 1)
         if OmegaConf.select(raw, key, default=KeyError) is KeyError:
-            raise KeyError(f"-S {key}: no such key in {args.params}")
+            raise KeyError(f"-S {key}: no such key in {path}")
         OmegaConf.update(raw, key, yaml.safe_load(value), merge=False)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(OmegaConf.to_yaml(raw))
-    params = load_params(handle.name)
-    Path(handle.name).unlink()
+    try:
+        return load_params(handle.name)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace(handle.name, f"{path} with -S {' -S '.join(overrides)}")) from None
+    finally:
+        Path(handle.name).unlink()
+
+
+def _study(args) -> None:
+    import json
+    import time
+
+    import mlflow
+
+    from condpdiff.config import flatten_dict, params_to_dict
+    from condpdiff.study import render_study_table, run_study
+    from condpdiff.tracking import stage_run
+
+    params = _params_with(args.params, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with stage_run("study", params, row=args.name, overrides=" ".join(args.set)) as run:
@@ -94,6 +107,33 @@ def _study(args) -> None:
     rows = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))}
     (out / "study.md").write_text(render_study_table(rows))
     print((out / "study.md").read_text())
+
+
+def _loto(args) -> None:
+    import json
+
+    import mlflow
+
+    from condpdiff.study import render_loto_table, run_fold
+    from condpdiff.tracking import stage_run
+
+    from condpdiff.config import Norm
+
+    params = _params_with(args.params, args.set)
+    if params.norm is not Norm.cond:
+        raise ValueError(f"leave-one-task-out needs the condition-only generator: add -S norm=cond (got {params.norm.value})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds = []
+    for task in args.folds or params.data.tasks:
+        with stage_run("loto", params, held_out=task, overrides=" ".join(args.set)):
+            fold = run_fold(params, params.data.tasks, task, Path(args.prepared), Path(args.corpus))
+            mlflow.log_metrics({f"{row}_{key}": value for row, values in fold["scores"].items()
+                                for key, value in values.items()})
+            folds.append(fold)
+    (out / "loto.json").write_text(json.dumps({"overrides": args.set, "folds": folds}, indent=1))
+    (out / "loto.md").write_text("# Leave-one-task-out\n\n" + render_loto_table(folds))
+    print((out / "loto.md").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--rewordings", help="held-out rewordings (data/task_rewordings.yaml): score them too")
     study.add_argument("--out", default="reports/conditional")
     study.set_defaults(run=_study)
+    loto = commands.add_parser("loto", help="leave-one-task-out: generate for each task from a generator trained "
+                                            "on the others (norm=cond)")
+    loto.add_argument("-S", "--set", action="append", default=[], help="key=value over params.yaml (repeatable)")
+    loto.add_argument("--params", default="params.yaml")
+    loto.add_argument("--prepared", default="outputs/prepared")
+    loto.add_argument("--corpus", default="outputs/corpus")
+    loto.add_argument("--folds", nargs="+", help="the held-out tasks (default: data.tasks)")
+    loto.add_argument("--out", default="reports/conditional")
+    loto.set_defaults(run=_loto)
     args = parser.parse_args(argv)
     try:
         args.run(args)

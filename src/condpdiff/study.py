@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -327,4 +328,93 @@ def render_study_table(rows: dict[str, dict]) -> str:
                          f"{d['own_to_own_soup_median']:.4f} | {d['own_to_nearest_other_soup_median']:.3f} | "
                          f"{d['soup_to_nearest_other_soup']:.3f} | {d['reconstruction_error_median']:.4f} | {gaps} | "
                          f"{noise.get('1', float('nan')):.4f} / {noise.get('10', float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, corpus_dir: Path, log=print) -> dict:
+    """Leave-one-task-out: train a condition-only generator on every task but `held_out`, then generate
+    for `held_out` from its condition alone (none of its checkpoints or statistics reach training).
+
+    Rows (best of K on `select`, its `eval`): generated; the baselines a task without a corpus could
+    use: the mean of the other tasks' soups, the soup of the task whose condition is nearest by cosine,
+    a mix of the soups weighted by clipped cosine similarity; and, as references that read the task's
+    own data, the head trained alone (LoRA off) and the task's best original (the upper bound).
+    A held-out task whose head has another shape than every training task's (STS-B: one output) keeps
+    the generated LoRA with the head-only head, and the table says so.
+    """
+    if params.norm is not Norm.cond:
+        raise ValueError(f"leave-one-task-out needs the condition-only generator (norm=cond), not norm={params.norm.value}")
+    if held_out not in tasks:
+        raise ValueError(f"held-out task {held_out!r} is not in {tasks}")
+    seen = [t for t in tasks if t != held_out]
+    layouts, padded_length, num_labels = read_layouts(corpus_dir / LAYOUTS)
+    stacked, task_index = stack_corpus(corpus_dir, seen, padded_length)
+    train = {t: read_jsonl(split_file(prepared / t, "train")) for t in tasks}
+    built = build_conditions(params.conditions, params.base, seen, train, params.seed)
+    target = build_conditions(replace(params.conditions, wordings=1, draws=1), params.base, [held_out], train,
+                              params.seed).vectors[0]
+    generator = train_generator(params, stacked, task_index, built.bank, learned_condition=False)
+    layout, length = layouts[held_out], layouts[held_out].length
+    same_head = [t for t in seen if num_labels[t] == num_labels[held_out]]
+    select, evaluation = (read_jsonl(split_file(prepared / held_out, s)) for s in ("select", "eval"))
+    scorer = task_scorer(params.base, params.lora, held_out, params.evaluate.batch_size, params.seed,
+                         tokenizer=load_tokenizer(params.base), layout=layout)
+    init = flatten_model(scorer.model, layout)
+    head = head_only(params, scorer, train[held_out], init)
+    lora_mask = layout.lora_mask()
+    if not lora_mask[:int(lora_mask.sum())].all():
+        raise ValueError(f"{held_out}: the layout does not hold its LoRA entries first; cannot move a LoRA across heads")
+
+    def fit(vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors of the training tasks' shared length -> this task's layout (head-only head if no match)."""
+        vectors = vectors[:, :length] if same_head else vectors[:, :int(lora_mask.sum())]
+        if same_head:
+            return vectors
+        return splice(torch.nn.functional.pad(vectors, (0, length - vectors.shape[1])), head, lora_mask)
+
+    soups = torch.stack([stacked[task_index == i].mean(dim=0) for i in range(len(seen))])
+    similarity = built.vectors @ target
+    weights = similarity.clamp(min=0)
+    weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / len(seen))
+    corpus, _ = load_task_corpus(task_corpus_file(corpus_dir, held_out))
+    originals = json.loads((corpus_dir / ORIGINALS).read_text())
+    candidates = {
+        "generated": fit(generator.generate(target, None, padded_length, params.generate.samples,
+                                            params.generate.sampler.value, params.generate.inference_steps,
+                                            seed=generation_seed(params.seed, tasks.index(held_out)))),
+        "mean_of_soups": fit(soups.mean(dim=0, keepdim=True)),
+        "nearest_soup": fit(soups[similarity.argmax()][None]),
+        "weighted_soups": fit((weights[:, None] * soups).sum(dim=0, keepdim=True)),
+        "head_only": head[None],
+        "original": corpus[originals[held_out]["best_index"]][None],
+    }
+    scores = {}
+    for name, vectors in candidates.items():
+        best, metrics = scorer.best_on_select(vectors, select)
+        values = [headline(held_out, m) for m in metrics]
+        scores[name] = {"select_best": values[best], "select_mean": float(np.mean(values)),
+                        "eval_of_best": scorer.headline(vectors[best], evaluation)}
+    log(held_out, {k: round(v["eval_of_best"], 2) for k, v in scores.items()})
+    return {"held_out": held_out, "scores": scores, "head": "generated" if same_head else "head-only (no training "
+            f"task has num_labels={num_labels[held_out]})", "nearest_task": seen[int(similarity.argmax())],
+            "similarity": dict(zip(seen, similarity.tolist())),
+            "generated_to_own_soup": (candidates["generated"] - corpus.mean(dim=0)).norm(dim=1).median().item()}
+
+
+LOTO_ROWS = ("generated", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only", "original")
+
+
+def render_loto_table(folds: list[dict]) -> str:
+    """Markdown: `eval` of the best-on-`select` candidate per fold (x100), and `select` best beside it."""
+    header = "| held-out task | head | nearest task (condition cosine) | " + " | ".join(LOTO_ROWS) + " |"
+    lines = ["## eval (best of K on select)", "", header, "|---|---|---|" + "---|" * len(LOTO_ROWS)]
+    for fold in folds:
+        lines.append(f"| {fold['held_out']} | {fold['head']} | {fold['nearest_task']} | "
+                     + " | ".join(f"{fold['scores'][r]['eval_of_best']:.2f}" for r in LOTO_ROWS) + " |")
+    lines.append("| average | | | " + " | ".join(
+        f"{np.mean([f['scores'][r]['eval_of_best'] for f in folds]):.2f}" for r in LOTO_ROWS) + " |")
+    lines += ["", "## select best", "", header, "|---|---|---|" + "---|" * len(LOTO_ROWS)]
+    for fold in folds:
+        lines.append(f"| {fold['held_out']} | {fold['head']} | {fold['nearest_task']} | "
+                     + " | ".join(f"{fold['scores'][r]['select_best']:.2f}" for r in LOTO_ROWS) + " |")
     return "\n".join(lines) + "\n"
