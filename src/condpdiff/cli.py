@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--prepared", default="outputs/prepared")
     study.add_argument("--corpus", default="outputs/corpus")
     study.add_argument("--tasks", nargs="+", help="default: data.tasks")
-    study.add_argument("--scored", type=int, default=5, help="corpus checkpoints reconstructed and scored per task")
+    study.add_argument("--scored", type=int, default=3, help="corpus checkpoints reconstructed and scored per task")
     study.add_argument("--baselines", action="store_true", help="also the head-only and base rows")
     study.add_argument("--rewordings", help="held-out rewordings (data/task_rewordings.yaml): score them too")
     study.add_argument("--out", default="reports/conditional")

@@ -167,18 +167,19 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         lora_mask = layout.lora_mask()
         scores = {}
 
-        def score(name: str, vectors: torch.Tensor) -> np.ndarray:
+        def score(name: str, vectors: torch.Tensor, on_eval: bool = True) -> np.ndarray:
+            """`select` mean and best of `vectors`; the best one's `eval` score where the row reports it."""
             preds = np.stack([predictions(scorer, v, select) for v in vectors])
             values = [headline(task, compute_metrics(task, p, labels)) for p in preds]
             best = int(np.argmax(values))
             scores[name] = {"select_mean": float(np.mean(values)), "select_best": values[best],
-                            "eval_of_best": scorer.headline(vectors[best], evaluation)}
+                            "eval_of_best": scorer.headline(vectors[best], evaluation) if on_eval else float("nan")}
             return preds
 
         score("own", own)
-        score("wrong", wrong)
-        splice_own = score("splice_own", splice(own, head, lora_mask))
-        splice_wrong = score("splice_wrong", splice(wrong, head, lora_mask))
+        score("wrong", wrong, on_eval=False)
+        splice_own = score("splice_own", splice(own, head, lora_mask), on_eval=False)
+        splice_wrong = score("splice_wrong", splice(wrong, head, lora_mask), on_eval=False)
         diff, low, high = paired_bootstrap(task, splice_own, splice_wrong, labels, rounds, params.seed)
         if cond_only:
             centre, scale = generator.condition_mean(built.vectors[i])[:length], generator.normalizer.shared_std
@@ -207,8 +208,10 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         rows = (task_index == i).nonzero()[:, 0][picked]
         reconstructed = generator.denormalize(generator.autoencoder.decode(latents[rows]), built.vectors[i],
                                               stats)[:, :length]
-        score("reconstructed", reconstructed)
-        score("original_scored", corpus[picked])
+        score("reconstructed", reconstructed, on_eval=False)
+        scored_originals = list(originals[task]["scored"].values())  # collect's scores of its spaced checkpoints
+        scores["original_scored"] = {"select_mean": float(np.mean(scored_originals)),
+                                     "select_best": float(max(scored_originals)), "eval_of_best": float("nan")}
         other_soups = [soups[j, :length] for j in range(len(tasks)) if j != i]
         results[task] = {
             "scores": scores,
@@ -239,11 +242,12 @@ def average(results: dict, tasks: list[str]) -> dict[str, float]:
     names = set.intersection(*(set(results[t]["scores"]) for t in tasks))
     summary = {f"{name}_{key}": float(np.mean([results[t]["scores"][name][key] for t in tasks]))
                for name in sorted(names) for key in ("select_mean", "select_best", "eval_of_best")}
+    summary = {k: v for k, v in summary.items() if not math.isnan(v)}
     if "reworded" in names:
         summary["reworded_minus_own_select_mean"] = summary["reworded_select_mean"] - summary["own_select_mean"]
     summary["own_minus_wrong_select_mean"] = summary["own_select_mean"] - summary["wrong_select_mean"]
     summary["splice_tasks_own_above_wrong"] = sum(results[t]["splice_bootstrap"]["low"] > 0 for t in tasks)
-    return {k: v for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))}
+    return summary
 
 
 @torch.inference_mode()
