@@ -34,7 +34,7 @@ def main() -> None:
         for i, task in enumerate(tasks):
             other = (i + 1) % len(tasks)
             common = dict(stats_index=i, length=layouts[task].length, samples=cfg.samples,
-                          sampler=cfg.sampler.value, inference_steps=cfg.inference_steps)
+                          sampler=cfg.sampler.value, inference_steps=cfg.inference_steps, guidance=cfg.guidance)
             seed = generation_seed(params.seed, i)
             own = generator.generate(conditions[i], seed=seed, **common)
             wrong = generator.generate(conditions[other], seed=seed, **common)

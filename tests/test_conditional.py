@@ -111,3 +111,73 @@ def test_study_commands_refuse_bad_overrides_before_any_work(tmp_path, capsys):
     assert main(["loto", "--out", str(tmp_path)]) == 2  # params.yaml's norm=task cannot hold a task out
     assert "norm=cond" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_film_starts_as_the_identity_of_the_condition():
+    """AdaLN-Zero: before training, a FiLM denoiser's output does not depend on the condition at all."""
+    from condpdiff.denoiser import Denoiser, DenoiserSpec
+
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserSpec(2, 4, (8, 16), 16, False, "film", True)).eval()
+    x, t = torch.randn(2, 2, 12), torch.tensor([3, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, torch.eye(4)[:2]), model(x, t, torch.eye(4)[2:]), rtol=0, atol=0)
+
+
+def test_condition_dropout_and_guidance():
+    from condpdiff.denoiser import Denoiser, DenoiserSpec
+    from condpdiff.diffusion import drop_conditions, make_scheduler, sample_latents
+
+    conditions = torch.ones(1000, 3)
+    assert drop_conditions(conditions, 0.0, torch.Generator()) is conditions
+    dropped = drop_conditions(conditions, 0.2, torch.Generator().manual_seed(0))
+    assert 0.15 < (dropped.sum(dim=1) == 0).float().mean() < 0.25 and set(dropped.sum(dim=1).tolist()) == {0.0, 3.0}
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserSpec(2, 3, (8, 16), 16, False, "shift", False)).eval()
+    config = dict(make_scheduler(20, "linear").config)
+    plain = sample_latents(model, config, torch.eye(3)[:2], (2, 6), "ddim", 5, seed=0)
+    assert torch.equal(plain, sample_latents(model, config, torch.eye(3)[:2], (2, 6), "ddim", 5, seed=0, guidance=1.0))
+    assert not torch.allclose(plain, sample_latents(model, config, torch.eye(3)[:2], (2, 6), "ddim", 5, seed=0,
+                                                     guidance=3.0))
+
+
+def test_guidance_without_condition_dropout_is_a_config_error(tmp_path):
+    from pathlib import Path
+
+    from condpdiff.config import ConfigError, load_params
+
+    text = Path("params.yaml").read_text().replace("guidance: 1.0", "guidance: 2.0")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="cfg_dropout"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_ema_returns_averaged_weights_and_old_specs_restore():
+    from condpdiff.denoiser import restore_denoiser
+    from condpdiff.diffusion import fit_denoiser
+
+    latents, task_index = torch.randn(8, 2, 8), torch.arange(2).repeat_interleave(4)
+    bank = torch.eye(3)[:2, None, :]
+    cfg = replace(TINY_PARAMS.diffusion, steps=4)
+    plain, _, _ = fit_denoiser(cfg, latents, task_index, bank, False, seed=0)
+    averaged, _, _ = fit_denoiser(replace(cfg, ema_decay=0.5), latents, task_index, bank, False, seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values()))
+    old = {k: v for k, v in vars(plain.spec).items() if k not in ("conditioning", "condition_norm")}
+    restored = restore_denoiser(old, plain.state_dict())
+    assert restored.spec.conditioning == "shift" and not restored.spec.condition_norm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prediction", ["sample", "v_prediction"])
+def test_the_stronger_denoiser_also_lands_on_the_named_cluster(prediction):
+    """Global normalization, FiLM + condition LayerNorm, EMA, condition dropout with guidance 2, and an
+    x0 / v target: still the cluster the condition names."""
+    centres, corpus, task_index, bank = _clusters(2)
+    params = _params(Norm.batch)
+    params = replace(params, diffusion=replace(params.diffusion, conditioning="film", condition_norm=True,
+                                               prediction=prediction, cfg_dropout=0.15, ema_decay=0.99))
+    generator = train_generator(params, corpus, task_index, bank, learned_condition=False)
+    for k in range(3):
+        samples = generator.generate(bank[k, 0], k, LENGTH, samples=8, sampler="ddim", inference_steps=20, seed=k,
+                                     guidance=2.0)
+        assert (_nearest(samples, centres) == k).float().mean() >= 0.875, f"cluster {k}: {_nearest(samples, centres)}"

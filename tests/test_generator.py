@@ -16,7 +16,7 @@ def _generator(length: int) -> Generator:
     autoencoder = Autoencoder(AutoencoderSpec(length=length, channels=(4, 8), latent_channels=2, stride=4,
                                                   input_noise=0.001, latent_noise=0.001)).eval()
     denoiser = Denoiser(DenoiserSpec(in_channels=2, condition_dim=3, channels=(8, 16), embed_dim=16,
-                                          learned_condition=False)).eval()
+                                          learned_condition=False, conditioning="shift", condition_norm=False)).eval()
     corpus = torch.randn(6, length) * 0.01
     normalizer = fit_normalizer(Norm.task, corpus, torch.tensor([0, 0, 0, 1, 1, 1]), 2)
     return Generator(autoencoder, denoiser, dict(make_scheduler(20, "linear").config), 1.0, normalizer, None)
@@ -54,7 +54,7 @@ def test_seeded_sampling_gives_pinned_latents():
 
     torch.manual_seed(0)
     model = Denoiser(DenoiserSpec(in_channels=2, condition_dim=3, channels=(8, 16), embed_dim=16,
-                                  learned_condition=False)).eval()
+                                  learned_condition=False, conditioning="shift", condition_norm=False)).eval()
     config = dict(make_scheduler(50, "linear").config)
     pinned = {
         ("ddim", 5): ([-1.2353, -1.6286, -0.7200, -0.3206, 0.9739, 0.9340],

@@ -27,15 +27,22 @@ def test_autoencoder_encode_decode_add_no_noise():
     assert torch.equal(model.decode(model.encode(x)), model.decode(model.encode(x)))
 
 
-def _denoiser(learned=False):
+def _denoiser(learned=False, conditioning="shift", condition_norm=False):
     torch.manual_seed(0)
-    return Denoiser(DenoiserSpec(in_channels=3, condition_dim=5, channels=(8, 16), embed_dim=16,
-                                 learned_condition=learned)).eval()
+    model = Denoiser(DenoiserSpec(in_channels=3, condition_dim=5, channels=(8, 16), embed_dim=16,
+                                  learned_condition=learned, conditioning=conditioning,
+                                  condition_norm=condition_norm)).eval()
+    if conditioning == "film":  # zero-initialised FiLM ignores the condition until trained: give it weights
+        for module in model.modules():
+            if getattr(module, "film", False):
+                torch.nn.init.normal_(module.embed.weight, std=0.1)
+    return model
 
 
-def test_each_sample_has_its_own_timestep():
+@pytest.mark.parametrize("conditioning,condition_norm", [("shift", False), ("film", True)])
+def test_each_sample_has_its_own_timestep(conditioning, condition_norm):
     """Output i changes when t_i changes, and not when t_j (j != i) changes."""
-    model = _denoiser()
+    model = _denoiser(conditioning=conditioning, condition_norm=condition_norm)
     x, condition = torch.randn(4, 3, 10), torch.randn(4, 5)
     t = torch.tensor([10, 200, 500, 900])
     with torch.no_grad():
@@ -48,9 +55,10 @@ def test_each_sample_has_its_own_timestep():
         torch.testing.assert_close(before[j], after[j], rtol=0, atol=1e-6)
 
 
-def test_condition_changes_the_output_per_sample():
+@pytest.mark.parametrize("conditioning,condition_norm", [("shift", False), ("film", False), ("film", True)])
+def test_condition_changes_the_output_per_sample(conditioning, condition_norm):
     for learned in (False, True):
-        model = _denoiser(learned)
+        model = _denoiser(learned, conditioning, condition_norm)
         x, t = torch.randn(2, 3, 10), torch.tensor([5, 5])
         condition = torch.eye(5)[:2]
         with torch.no_grad():

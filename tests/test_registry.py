@@ -70,7 +70,7 @@ def trained_parts(tmp_path_factory) -> GeneratorFiles:
     corpus = torch.randn(8, length) * 0.01
     fit_normalizer(Norm.task, corpus, torch.tensor([0] * 4 + [1] * 4), 2).save(folder / "stats.safetensors")
     save_autoencoder(Autoencoder(AutoencoderSpec(length, (4, 8), 2, 4, 0.001, 0.001)), folder / "model.pt")
-    save_diffusion(Denoiser(DenoiserSpec(2, 384, (8, 16), 16, False)), make_scheduler(20, "linear"), 1.0,
+    save_diffusion(Denoiser(DenoiserSpec(2, 384, (8, 16), 16, False, "shift", False)), make_scheduler(20, "linear"), 1.0,
                    folder / "diffusion.pt")
     conditions = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
     save_file({"conditions": conditions}, str(folder / "conditions.safetensors"),

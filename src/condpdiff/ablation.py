@@ -139,7 +139,7 @@ def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Pa
         layout = layouts[task]
         generated = generator.generate(conditions[i], i, corpus.shape[1], params.generate.samples,
                                        params.generate.sampler.value, params.generate.inference_steps,
-                                       seed=generation_seed(params.seed, i))
+                                       seed=generation_seed(params.seed, i), guidance=params.generate.guidance)
         full = soups[i].expand(len(generated), -1).clone()
         full[:, mask] = generated
         full = full[:, :layout.length]

@@ -58,6 +58,7 @@ def write_bundle(folder: Path, params: Params, files: GeneratorFiles, encoder: s
         "max_length": params.base.max_length,
         "lora": {"r": params.lora.r, "alpha": params.lora.alpha, "target_modules": params.lora.target_modules},
         "sampler": params.generate.sampler.value, "inference_steps": params.generate.inference_steps,
+        "guidance": params.generate.guidance,
     }
     (folder / "spec.json").write_text(json.dumps(spec, indent=1))
 
@@ -142,7 +143,7 @@ class GeneratorBundle:
         condition, stats_index, layout, num_labels = self.check(request)
         vectors = self.generator.generate(
             condition, stats_index, layout.length, request.num_samples, request.sampler or self.spec["sampler"],
-            request.steps or self.spec["inference_steps"], request.seed)
+            request.steps or self.spec["inference_steps"], request.seed, self.spec.get("guidance", 1.0))
         return vectors, layout, num_labels
 
     def write_adapters(self, request: Request, out: Path) -> list[Path]:

@@ -143,6 +143,11 @@ class DiffusionConfig:
     weight_decay: float
     lr_min_factor: float  # the cosine schedule ends at lr * lr_min_factor
     grad_clip: float  # max gradient norm; 0 = no clipping
+    conditioning: str  # shift | film: how the condition embedding enters each block
+    condition_norm: bool  # LayerNorm on the condition vector before its MLP
+    prediction: str  # epsilon | sample | v_prediction: what the denoiser predicts
+    cfg_dropout: float  # probability a training condition is replaced by the null (zero) condition
+    ema_decay: float  # exponential moving average of the weights; 0 = off
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class GenerateConfig:
     samples: int
     sampler: Sampler
     inference_steps: int
+    guidance: float  # classifier-free guidance scale w; 1 = the conditional model alone (no guidance)
 
 
 @dataclass(frozen=True)
@@ -237,6 +243,17 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
     if params.norm is Norm.cond and params.conditions.type in (ConditionType.onehot, ConditionType.learned):
         raise ConfigError(f"{path}: norm=cond predicts each task's mean from its condition text; "
                           f"conditions.type={params.conditions.type.value} is a task id, not a condition")
+    d = params.diffusion
+    for name, value, allowed in (("diffusion.conditioning", d.conditioning, ("shift", "film")),
+                                 ("diffusion.prediction", d.prediction, ("epsilon", "sample", "v_prediction"))):
+        if value not in allowed:
+            raise ConfigError(f"{path}: {name} must be one of {list(allowed)}, got {value!r}")
+    if not 0.0 <= d.cfg_dropout < 1.0 or not 0.0 <= d.ema_decay < 1.0:
+        raise ConfigError(f"{path}: diffusion.cfg_dropout and diffusion.ema_decay must be in [0, 1), "
+                          f"got {d.cfg_dropout} and {d.ema_decay}")
+    if params.generate.guidance != 1.0 and d.cfg_dropout == 0.0:
+        raise ConfigError(f"{path}: generate.guidance={params.generate.guidance} needs a denoiser trained with "
+                          "diffusion.cfg_dropout > 0 (it never saw the null condition)")
     if params.conditions.encoder not in ("minilm", "open_clip"):
         raise ConfigError(f"{path}: conditions.encoder must be minilm or open_clip")
 

@@ -25,11 +25,14 @@ class DenoiserSpec:
     channels: tuple[int, ...]
     embed_dim: int
     learned_condition: bool  # condition vectors are one-hot ids into a learned table
+    conditioning: str  # "shift": the embedding is added to each block's features; "film": scale and shift
+    condition_norm: bool  # a LayerNorm on the condition vector before its MLP
 
 
 def denoiser_spec(cfg: DiffusionConfig, in_channels: int, condition_dim: int, learned_condition: bool) -> DenoiserSpec:
     """The one place a denoiser's architecture is built from the params."""
-    return DenoiserSpec(in_channels, condition_dim, tuple(cfg.channels), cfg.embed_dim, learned_condition)
+    return DenoiserSpec(in_channels, condition_dim, tuple(cfg.channels), cfg.embed_dim, learned_condition,
+                        cfg.conditioning, cfg.condition_norm)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -41,19 +44,31 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, embed_dim: int):
+    """conv -> (+ shift | FiLM) -> conv, with a skip. FiLM scales and shifts the normalized features
+    (AdaLN-Zero style: zero-initialised, so every block starts as the identity of its input features)
+    instead of adding one shift that the next GroupNorm partly removes."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, film: bool = False):
         super().__init__()
+        self.film = film
         self.norm1 = nn.GroupNorm(min(8, c_in), c_in)
         self.conv1 = nn.Conv1d(c_in, c_out, 3, padding=1)
-        self.embed = nn.Linear(embed_dim, c_out)
+        self.embed = nn.Linear(embed_dim, 2 * c_out if film else c_out)
+        if film:
+            nn.init.zeros_(self.embed.weight)
+            nn.init.zeros_(self.embed.bias)
         self.norm2 = nn.GroupNorm(min(8, c_out), c_out)
         self.conv2 = nn.Conv1d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C, L)
-        h = h + self.embed(emb)[:, :, None]  # per-sample shift: (B, C, 1)
-        h = self.conv2(F.silu(self.norm2(h)))
+        if self.film:
+            scale, shift = self.embed(emb)[:, :, None].chunk(2, dim=1)  # per-sample (B, C, 1) each
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + self.embed(emb)[:, :, None])  # per-sample shift: (B, C, 1)
+        h = self.conv2(F.silu(h))
         return h + self.skip(x)
 
 
@@ -69,13 +84,15 @@ class Denoiser(nn.Module):
             self.condition_table = nn.Parameter(torch.randn(spec.condition_dim, e) * 0.02)
             self.condition_mlp = nn.Sequential(nn.SiLU(), nn.Linear(e, e))
         else:
-            self.condition_mlp = nn.Sequential(nn.Linear(spec.condition_dim, e), nn.SiLU(), nn.Linear(e, e))
-        widths = spec.channels
+            layers = [nn.Linear(spec.condition_dim, e), nn.SiLU(), nn.Linear(e, e)]
+            self.condition_mlp = nn.Sequential(*([nn.LayerNorm(spec.condition_dim)] if spec.condition_norm else []),
+                                               *layers)
+        widths, film = spec.channels, spec.conditioning == "film"
         self.stem = nn.Conv1d(spec.in_channels, widths[0], 3, padding=1)
-        self.down = nn.ModuleList(ResidualBlock(a, b, e) for a, b in zip(widths[:1] + widths[:-1], widths))
+        self.down = nn.ModuleList(ResidualBlock(a, b, e, film) for a, b in zip(widths[:1] + widths[:-1], widths))
         self.pool = nn.ModuleList(nn.Conv1d(w, w, 3, stride=2, padding=1) for w in widths[:-1])
-        self.middle = ResidualBlock(widths[-1], widths[-1], e)
-        self.up = nn.ModuleList(ResidualBlock(2 * w, w_out, e) for w, w_out in
+        self.middle = ResidualBlock(widths[-1], widths[-1], e, film)
+        self.up = nn.ModuleList(ResidualBlock(2 * w, w_out, e, film) for w, w_out in
                                 zip(reversed(widths), list(reversed(widths))[1:] + [widths[0]]))
         self.unpool = nn.ModuleList(nn.ConvTranspose1d(w, w, 2, stride=2) for w in reversed(widths[:-1]))
         self.head = nn.Sequential(nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU(),
@@ -111,8 +128,12 @@ class Denoiser(nn.Module):
         return self.head(h)[:, :, :length]
 
 
+OLDER_SPEC = {"conditioning": "shift", "condition_norm": False}  # what a file saved before these keys existed built
+
+
 def restore_denoiser(spec: dict, state_dict: dict) -> Denoiser:
-    """A trained denoiser from its saved spec (a plain dict) and weights."""
-    model = Denoiser(DenoiserSpec(**{**spec, "channels": tuple(spec["channels"])}))
+    """A trained denoiser from its saved spec (a plain dict) and weights; a spec saved before a key
+    existed gets the architecture it was built with then (OLDER_SPEC)."""
+    model = Denoiser(DenoiserSpec(**{**OLDER_SPEC, **spec, "channels": tuple(spec["channels"])}))
     model.load_state_dict(state_dict)
     return model.eval()

@@ -18,8 +18,9 @@ from condpdiff.denoiser import Denoiser, denoiser_spec, restore_denoiser
 from condpdiff.mean_predictor import MeanPredictor, restore_mean_predictor
 
 
-def make_scheduler(timesteps: int, beta_schedule: str) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=beta_schedule, clip_sample=False)
+def make_scheduler(timesteps: int, beta_schedule: str, prediction: str = "epsilon") -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=beta_schedule, clip_sample=False,
+                         prediction_type=prediction)
 
 
 def q_sample(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -29,10 +30,22 @@ def q_sample(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t:
 
 def p_losses(model: Denoiser, scheduler: DDPMScheduler, x0: torch.Tensor, condition: torch.Tensor,
              generator: torch.Generator) -> torch.Tensor:
-    """The epsilon-prediction loss at one random timestep per sample."""
+    """The loss at one random timestep per sample, on the scheduler's prediction type: the noise
+    (epsilon), x0 (sample) or the velocity (v_prediction)."""
     noise = torch.randn(x0.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    return F.mse_loss(model(q_sample(scheduler, x0, noise, t), t, condition), noise)
+    kind = scheduler.config.prediction_type
+    target = noise if kind == "epsilon" else x0 if kind == "sample" else scheduler.get_velocity(x0, noise, t)
+    return F.mse_loss(model(q_sample(scheduler, x0, noise, t), t, condition), target)
+
+
+def drop_conditions(conditions: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Classifier-free guidance training: each row becomes the null (zero) condition with probability `rate`.
+    At rate 0 nothing is drawn, so the random stream is the one without guidance."""
+    if rate == 0.0:
+        return conditions
+    keep = torch.rand(conditions.shape[0], generator=generator) >= rate
+    return conditions * keep[:, None]
 
 
 def draw_conditions(bank: torch.Tensor, task_index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -61,10 +74,11 @@ def train_diffusion(
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * cfg.lr_min_factor)
+    average = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema_decay > 0 else None
     model.train()
     for step in tqdm(range(1, cfg.steps + 1), desc="diffusion", leave=False):
         index = torch.randint(0, latents.shape[0], (min(cfg.batch_size, latents.shape[0]),), generator=generator)
-        conditions = draw_conditions(bank, task_index[index], generator)
+        conditions = drop_conditions(draw_conditions(bank, task_index[index], generator), cfg.cfg_dropout, generator)
         loss = p_losses(model, scheduler, latents[index], conditions, generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"diffusion loss is {loss.item()} at step {step}")
@@ -74,8 +88,17 @@ def train_diffusion(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         schedule.step()
+        if average is not None:
+            with torch.no_grad():
+                for key, value in model.state_dict().items():
+                    if value.is_floating_point():
+                        average[key].lerp_(value, 1.0 - cfg.ema_decay)
+                    else:
+                        average[key].copy_(value)
         if on_step is not None and (step % 50 == 0 or step == cfg.steps):
             on_step(step, {"diffusion_train_loss": loss.item()})
+    if average is not None:
+        model.load_state_dict(average)
     model.eval()
     return model
 
@@ -98,7 +121,7 @@ def fit_denoiser(
     latent_scale = latents.std().item()
     spec = denoiser_spec(cfg, latents.shape[1], bank.shape[2], learned_condition)
     torch.manual_seed(seed)
-    scheduler = make_scheduler(cfg.timesteps, cfg.beta_schedule)
+    scheduler = make_scheduler(cfg.timesteps, cfg.beta_schedule, cfg.prediction)
     model = train_diffusion(Denoiser(spec), scheduler, latents / latent_scale, task_index, bank, cfg, seed, on_step)
     return model, scheduler, latent_scale
 
@@ -112,16 +135,24 @@ def sample_latents(
     sampler: str,
     inference_steps: int,
     seed: int,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
-    """condition (B, D) -> latents (B, C, L). The same seed gives the same latents."""
+    """condition (B, D) -> latents (B, C, L). The same seed gives the same latents.
+
+    `guidance` w != 1 mixes the conditional and the null-condition predictions (classifier-free
+    guidance): uncond + w * (cond - uncond); w = 1 is the conditional model alone."""
     scheduler_class = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     scheduler = scheduler_class.from_config(scheduler_config)
     scheduler.set_timesteps(inference_steps)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((condition.shape[0], *shape), generator=generator)
     for t in scheduler.timesteps:
-        noise = model(x, t.expand(x.shape[0]), condition)
-        x = scheduler.step(noise, t, x, generator=generator).prev_sample
+        steps = t.expand(x.shape[0])
+        prediction = model(x, steps, condition)
+        if guidance != 1.0:
+            unconditional = model(x, steps, torch.zeros_like(condition))
+            prediction = unconditional + guidance * (prediction - unconditional)
+        x = scheduler.step(prediction, t, x, generator=generator).prev_sample
     return x
 
 

@@ -51,17 +51,17 @@ class Generator:
     @torch.inference_mode()
     def generate(
         self, condition: torch.Tensor, stats_index: int | None, length: int, samples: int,
-        sampler: str, inference_steps: int, seed: int,
+        sampler: str, inference_steps: int, seed: int, guidance: float = 1.0,
     ) -> torch.Tensor:
         """condition (D,) -> (samples, length) vectors in weight space.
 
         `stats_index` picks the task whose normalization statistics undo the normalization; under
         norm=cond it is ignored (the condition alone decides). `length` is the task's real layout
-        length (the zero padding is dropped).
+        length (the zero padding is dropped). `guidance`: the classifier-free guidance scale.
         """
         conditions = condition[None, :].expand(samples, -1)
         latents = sample_latents(self.denoiser, self.scheduler_config, conditions, self.autoencoder.spec.latent_shape,
-                                 sampler, inference_steps, seed)
+                                 sampler, inference_steps, seed, guidance)
         normalized = self.autoencoder.decode(latents * self.latent_scale)
         vectors = self.denormalize(normalized, condition, stats_index)[:, :length]
         if not torch.isfinite(vectors).all():

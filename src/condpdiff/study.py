@@ -160,7 +160,7 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         corpus, _ = load_task_corpus(task_corpus_file(corpus_dir, task))
         seed = generation_seed(params.seed, i)
         common = dict(length=length, samples=params.generate.samples, sampler=params.generate.sampler.value,
-                      inference_steps=params.generate.inference_steps, seed=seed)
+                      inference_steps=params.generate.inference_steps, seed=seed, guidance=params.generate.guidance)
         own = generator.generate(built.vectors[i], stats, **common)
         wrong = generator.generate(built.vectors[other], stats, **common)
         head = corpus[originals[task]["best_index"]]
@@ -385,7 +385,8 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
     candidates = {
         "generated": fit(generator.generate(target, None, padded_length, params.generate.samples,
                                             params.generate.sampler.value, params.generate.inference_steps,
-                                            seed=generation_seed(params.seed, tasks.index(held_out)))),
+                                            seed=generation_seed(params.seed, tasks.index(held_out)),
+                                            guidance=params.generate.guidance)),
         "mean_of_soups": fit(soups.mean(dim=0, keepdim=True)),
         "nearest_soup": fit(soups[similarity.argmax()][None]),
         "weighted_soups": fit((weights[:, None] * soups).sum(dim=0, keepdim=True)),
