@@ -3,6 +3,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,3 +184,27 @@ def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts
     model = PeftModel.from_pretrained(load_base_model(PARAMS.base, 2, seed=9), str(folder))
     result = model.load_adapter(str(folder), adapter_name="check")
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
+
+
+def test_condition_only_bundle_reads_a_free_description_without_stats_task(trained_parts, tmp_path):
+    """norm=cond: a description alone is a full request; the text, not a task's statistics, sets the mean."""
+    from condpdiff.mean_predictor import MeanPredictor, MeanPredictorSpec
+
+    folder = tmp_path / "parts"
+    shutil.copytree(trained_parts.stats.parent, folder)
+    length = json.loads((folder / "layout.json").read_text())["padded_length"]
+    corpus = torch.randn(8, length) * 0.01
+    fit_normalizer(Norm.cond, corpus, torch.tensor([0] * 4 + [1] * 4), 2).save(folder / "stats.safetensors")
+    torch.manual_seed(1)
+    mean = MeanPredictor(MeanPredictorSpec(384, 8, length))
+    torch.nn.init.normal_(mean.net[-1].weight)  # a trained predictor reads the text; the zero init would not
+    save_diffusion(Denoiser(DenoiserSpec(2, 384, (8, 16), 16, False, "shift", False)), make_scheduler(20, "linear"),
+                   1.0, folder / "diffusion.pt", mean)
+    parts = GeneratorFiles(*(folder / path.name for _, path in trained_parts.items()))
+    write_bundle(tmp_path / "bundle", replace(PARAMS, norm=Norm.cond), parts, "sentence-transformers/all-MiniLM-L6-v2")
+    bundle = GeneratorBundle(tmp_path / "bundle")
+    one, layout, _ = bundle.generate_vectors(Request(description="Classify tweets by sentiment.", seed=1))
+    two, _, _ = bundle.generate_vectors(Request(description="Rate how similar two sentences are.", seed=1))
+    assert one.shape == (1, layout.length) and not torch.allclose(one, two)
+    known, _, _ = bundle.generate_vectors(Request(task="sst2", seed=1))
+    assert known.shape == one.shape
