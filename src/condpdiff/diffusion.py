@@ -90,9 +90,10 @@ def train_diffusion(
         schedule.step()
         if average is not None:
             with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up: the random init fades fast
                 for key, value in model.state_dict().items():
                     if value.is_floating_point():
-                        average[key].lerp_(value, 1.0 - cfg.ema_decay)
+                        average[key].lerp_(value, 1.0 - decay)
                     else:
                         average[key].copy_(value)
         if on_step is not None and (step % 50 == 0 or step == cfg.steps):

@@ -33,7 +33,7 @@ from condpdiff.autoencoder import encode_latents
 from condpdiff.conditions import (build_conditions, condition_text, draw_seed, make_text_encoder, read_descriptions,
                                   read_rewordings)
 from condpdiff.config import ConditionType, Norm, Params
-from condpdiff.corpus import load_task_corpus, spaced_indices, stack_corpus
+from condpdiff.corpus import load_task_corpus, pad_to, spaced_indices, stack_corpus
 from condpdiff.evaluation import Scorer, nearest_distances, predict, task_scorer
 from condpdiff.finetune import encode, label_tensor, lr_factor, kept_steps
 from condpdiff.generator import Generator, generation_seed
@@ -74,10 +74,22 @@ def splice(vectors: torch.Tensor, head_from: torch.Tensor, lora_mask: torch.Tens
     return torch.where(lora_mask, vectors, head_from.expand_as(vectors))
 
 
+def x0_estimate(scheduler, output: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """The denoiser's estimate of x0 from its output at step t, for the scheduler's prediction type."""
+    abar = scheduler.alphas_cumprod[t]
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return output
+    if kind == "v_prediction":
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * output
+    return (x_t - (1 - abar).sqrt() * output) / abar.sqrt()
+
+
 @torch.inference_mode()
 def condition_sensitivity(generator: Generator, latents: torch.Tensor, own: torch.Tensor, wrong: torch.Tensor,
                           seed: int) -> dict[int, float]:
-    """||x0_hat(own) - x0_hat(wrong)|| / ||x0|| at each timestep, on the task's (scaled) training latents.
+    """||x0_hat(own) - x0_hat(wrong)|| / ||x0|| at each timestep, on the task's (scaled) training latents
+    (the conditional model, without guidance).
 
     A condition path the denoiser ignores shows ~0 at every t; one it reads shows a gap at high noise,
     where only the condition can say which task the sample belongs to."""
@@ -92,8 +104,7 @@ def condition_sensitivity(generator: Generator, latents: torch.Tensor, own: torc
             continue
         steps = torch.full((len(x0),), t, dtype=torch.long)
         x_t = scheduler.add_noise(x0, noise, steps)
-        abar = scheduler.alphas_cumprod[t]
-        estimates = [(x_t - (1 - abar).sqrt() * generator.denoiser(x_t, steps, c.expand(len(x0), -1))) / abar.sqrt()
+        estimates = [x0_estimate(scheduler, generator.denoiser(x_t, steps, c.expand(len(x0), -1)), x_t, t)
                      for c in (own, wrong)]
         result[t] = ((estimates[0] - estimates[1]).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).median().item()
     return result
@@ -103,7 +114,8 @@ def condition_sensitivity(generator: Generator, latents: torch.Tensor, own: torc
 def final_step_noise(generator: Generator, latents: torch.Tensor, condition: torch.Tensor, stats_index: int | None,
                      length: int, seed: int) -> dict[int, float]:
     """Weight-space L2 size of the noise that DDPM step t (t -> t-1) adds, at the last steps: decode a
-    latent with and without sigma_t * N(0, I) added and compare the adapters."""
+    latent with and without sigma_t * N(0, I) added and compare the adapters. This is the DDPM chain over
+    every training timestep (generate.sampler=ddpm, inference_steps=timesteps); DDIM adds none."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(generator.scheduler_config)
@@ -121,13 +133,13 @@ def final_step_noise(generator: Generator, latents: torch.Tensor, condition: tor
 
 def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: int = 5, rounds: int = 1000,
               baselines: bool = False, rewordings: Path | None = None, reworded_samples: int = 3, log=print) -> dict:
-    if len(tasks) < 2:
-        raise ValueError(f"a study needs at least two tasks (a wrong condition is another task's), got {tasks}")
     """One study row under `params` (its norm, conditions, generator): the results per task and averaged.
     `baselines` adds the rows that do not depend on the generator: `head_only` (the head trained alone,
     LoRA off) and `base` (the best original's head, LoRA zeroed). `rewordings` (a held-out rewordings file)
     adds `reworded`: per rewording, `reworded_samples` samples from it (with the same few-shot examples as
     the task's own condition), their `select` mean."""
+    if len(tasks) < 2:
+        raise ValueError(f"a study needs at least two tasks (a wrong condition is another task's), got {tasks}")
     layouts, padded_length, _ = read_layouts(corpus_dir / LAYOUTS)
     originals = json.loads((corpus_dir / ORIGINALS).read_text())
     stacked, task_index = stack_corpus(corpus_dir, tasks, padded_length)
@@ -157,7 +169,7 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         scorer = task_scorer(params.base, params.lora, task, params.evaluate.batch_size, params.seed,
                              tokenizer=tokenizer, layout=layout)
         init = flatten_model(scorer.model, layout)  # the seeded, untrained head
-        corpus, _ = load_task_corpus(task_corpus_file(corpus_dir, task))
+        corpus, corpus_steps = load_task_corpus(task_corpus_file(corpus_dir, task))
         seed = generation_seed(params.seed, i)
         common = dict(length=length, samples=params.generate.samples, sampler=params.generate.sampler.value,
                       inference_steps=params.generate.inference_steps, seed=seed, guidance=params.generate.guidance)
@@ -204,14 +216,19 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
             scores["reworded"] = {"select_mean": float(np.mean([v["select_mean"] for v in values])),
                                   "select_best": float(max(v["select_mean"] for v in values)),
                                   "eval_of_best": float("nan"), "each": values}
-        picked = spaced_indices(scored, len(corpus))
+        # the autoencoder alone: decode the latents of `scored` of the checkpoints collect scored, undone with
+        # the statistics the autoencoder's input was normalized with (under cond: the task's own mean)
+        steps = {step: k for k, step in enumerate(corpus_steps)}
+        collect_scores = [(steps[int(step)], value) for step, value in originals[task]["scored"].items()]
+        chosen = [collect_scores[k] for k in spaced_indices(scored, len(collect_scores))]
+        picked = [index for index, _ in chosen]
         rows = (task_index == i).nonzero()[:, 0][picked]
-        reconstructed = generator.denormalize(generator.autoencoder.decode(latents[rows]), built.vectors[i],
-                                              stats)[:, :length]
+        decoded = generator.autoencoder.decode(latents[rows])
+        reconstructed = generator.normalizer.inverse(decoded, torch.full((len(rows),), i))[:, :length]
         score("reconstructed", reconstructed, on_eval=False)
-        scored_originals = list(originals[task]["scored"].values())  # collect's scores of its spaced checkpoints
-        scores["original_scored"] = {"select_mean": float(np.mean(scored_originals)),
-                                     "select_best": float(max(scored_originals)), "eval_of_best": float("nan")}
+        values = [value for _, value in chosen]  # collect's scores of the same checkpoints
+        scores["original_scored"] = {"select_mean": float(np.mean(values)), "select_best": float(max(values)),
+                                     "eval_of_best": float("nan")}
         other_soups = [soups[j, :length] for j in range(len(tasks)) if j != i]
         results[task] = {
             "scores": scores,
@@ -341,7 +358,9 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
 
     Rows (best of K on `select`, its `eval`): generated; the baselines a task without a corpus could
     use: the mean of the other tasks' soups, the soup of the task whose condition is nearest by cosine,
-    a mix of the soups weighted by clipped cosine similarity; and, as references that read the task's
+    a mix of the soups weighted by clipped cosine similarity (the head of each only from tasks whose head
+    has this task's shape; when the nearest task's head has another shape, the mean of the same-shape
+    tasks' heads); and, as references that read the task's
     own data, the head trained alone (LoRA off) and the task's best original (the upper bound).
     A held-out task whose head has another shape than every training task's (STS-B: one output) keeps
     the generated LoRA with the head-only head, and the table says so.
@@ -378,8 +397,22 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
 
     soups = torch.stack([stacked[task_index == i].mean(dim=0) for i in range(len(seen))])
     similarity = built.vectors @ target
-    weights = similarity.clamp(min=0)
-    weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / len(seen))
+
+    def mix(weights: torch.Tensor) -> torch.Tensor:
+        """A weighted mean of the seen tasks' soups: LoRA from all of them, the head only from tasks with
+        this task's head shape (a head of another shape, zero-padded, would be read as garbage)."""
+        lora = (weights[:, None] * soups).sum(dim=0) / weights.sum()
+        if not same_head:
+            return lora[None]
+        heads = torch.tensor([num_labels[t] == num_labels[held_out] for t in seen], dtype=torch.float32) * weights
+        if heads.sum() == 0:  # no weight on a same-head task: its heads at equal weight
+            heads = torch.tensor([num_labels[t] == num_labels[held_out] for t in seen], dtype=torch.float32)
+        head_mix = (heads[:, None] * soups).sum(dim=0) / heads.sum()
+        return torch.where(pad_to(lora_mask, padded_length), lora, head_mix)[None]
+
+    nearest = torch.zeros(len(seen))
+    nearest[similarity.argmax()] = 1.0
+    clipped = similarity.clamp(min=0)
     corpus, _ = load_task_corpus(task_corpus_file(corpus_dir, held_out))
     originals = json.loads((corpus_dir / ORIGINALS).read_text())
     candidates = {
@@ -387,9 +420,9 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
                                             params.generate.sampler.value, params.generate.inference_steps,
                                             seed=generation_seed(params.seed, tasks.index(held_out)),
                                             guidance=params.generate.guidance)),
-        "mean_of_soups": fit(soups.mean(dim=0, keepdim=True)),
-        "nearest_soup": fit(soups[similarity.argmax()][None]),
-        "weighted_soups": fit((weights[:, None] * soups).sum(dim=0, keepdim=True)),
+        "mean_of_soups": fit(mix(torch.ones(len(seen)))),
+        "nearest_soup": fit(mix(nearest)),
+        "weighted_soups": fit(mix(clipped if clipped.sum() > 0 else torch.ones(len(seen)))),
         "head_only": head[None],
         "original": corpus[originals[held_out]["best_index"]][None],
     }
