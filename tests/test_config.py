@@ -60,3 +60,12 @@ def test_hash_changes_with_norm(tmp_path):
     a = load_params(_write(tmp_path, _edit(None, "norm", "task")))
     b = load_params(_write(tmp_path, _edit(None, "norm", "batch")))
     assert params_hash(a) != params_hash(b)
+
+
+def test_overrides_apply_before_validation_and_name_themselves():
+    from condpdiff.config import ConfigError, Norm, load_params
+
+    params = load_params("params.yaml", ("norm=cond", "conditions.wordings=8", "generate.samples=3"))
+    assert params.norm is Norm.cond and params.conditions.wordings == 8 and params.generate.samples == 3
+    with pytest.raises(ConfigError, match="params.yaml with -S generate.samples=x: generate.samples"):
+        load_params("params.yaml", ("generate.samples=x",))

@@ -54,44 +54,17 @@ def _ablate(args) -> None:
     print(path.read_text())
 
 
-def _params_with(path: str, overrides: list[str]):
-    """params.yaml with `key=value` overrides (as `dvc exp run -S`), validated like the file itself."""
-    import tempfile
-
-    import yaml
-    from omegaconf import OmegaConf
-
-    from condpdiff.config import ConfigError, load_params
-
-    raw = OmegaConf.load(path)
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"-S {override!r}: expected key=value")
-        key, value = override.split("=", 1)
-        if OmegaConf.select(raw, key, default=KeyError) is KeyError:
-            raise KeyError(f"-S {key}: no such key in {path}")
-        OmegaConf.update(raw, key, yaml.safe_load(value), merge=False)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(OmegaConf.to_yaml(raw))
-    try:
-        return load_params(handle.name)
-    except ConfigError as error:
-        raise ConfigError(str(error).replace(handle.name, f"{path} with -S {' -S '.join(overrides)}")) from None
-    finally:
-        Path(handle.name).unlink()
-
-
 def _study(args) -> None:
     import json
     import time
 
     import mlflow
 
-    from condpdiff.config import flatten_dict, params_to_dict
+    from condpdiff.config import flatten_dict, load_params, params_to_dict
     from condpdiff.study import render_study_table, run_study
     from condpdiff.tracking import stage_run
 
-    params = _params_with(args.params, args.set)
+    params = load_params(args.params, tuple(args.set))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with stage_run("study", params, row=args.name, overrides=" ".join(args.set)) as run:
@@ -117,9 +90,9 @@ def _loto(args) -> None:
     from condpdiff.study import render_loto_table, run_fold
     from condpdiff.tracking import stage_run
 
-    from condpdiff.config import Norm
+    from condpdiff.config import Norm, load_params
 
-    params = _params_with(args.params, args.set)
+    params = load_params(args.params, tuple(args.set))
     if params.norm is not Norm.cond:
         raise ValueError(f"leave-one-task-out needs the condition-only generator: add -S norm=cond (got {params.norm.value})")
     out = Path(args.out)

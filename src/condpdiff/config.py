@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -180,23 +181,32 @@ class Params:
     evaluate: EvaluateConfig
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; every error names the file and the key."""
+def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = ()) -> Params:
+    """Read and validate a params file, with `key=value` overrides applied first (as `dvc exp run -S`);
+    every error names the file, the overrides and the key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
+    label = f"{path} with -S {' -S '.join(overrides)}" if overrides else path
     try:
         raw = OmegaConf.load(path)
+        for override in overrides:
+            key, sep, value = override.partition("=")
+            if not sep:
+                raise ConfigError(f"-S {override!r}: expected key=value")
+            if OmegaConf.select(raw, key, default=KeyError) is KeyError:
+                raise ConfigError(f"-S {key}: no such key in {path}")
+            OmegaConf.update(raw, key, yaml.safe_load(value), merge=False)
         schema = _writable(OmegaConf.structured(Params))
         merged = OmegaConf.merge(schema, raw)
         params = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        raise ConfigError(_one_line(path, error)) from None
-    check_params(params, path)
+        raise ConfigError(_one_line(label, error)) from None
+    check_params(params, label)
     return params
 
 
-def _one_line(path: Path, error: OmegaConfBaseException) -> str:
+def _one_line(path: Path | str, error: OmegaConfBaseException) -> str:
     """OmegaConf's messages span lines (object_type=..., full_key=...): keep the key and the first line."""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     key = getattr(error, "full_key", None)
