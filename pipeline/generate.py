@@ -1,5 +1,6 @@
-"""Stage generate: K adapters per task from its own condition, and K from another task's
-condition (the wrong-condition control: this task's stats and layout, another's condition)."""
+"""Stage generate: K adapters per task from its own condition, K from another task's condition (the
+wrong-condition control: this task's layout, another's condition) and K from the no-diffusion analogue
+(N(0, I) de-normalized like a sample: what the autoencoder and the diffusion must beat)."""
 import argparse
 import json
 from pathlib import Path
@@ -38,9 +39,10 @@ def main() -> None:
             seed = generation_seed(params.seed, i)
             own = generator.generate(conditions[i], seed=seed, **common)
             wrong = generator.generate(conditions[other], seed=seed, **common)
+            trivial = generator.no_diffusion(conditions[i], i, layouts[task].length, cfg.samples, seed)
             folder = args.out / task
             folder.mkdir(parents=True, exist_ok=True)
-            save_file({"generated": own, "wrong_condition": wrong}, str(folder / VECTORS),
+            save_file({"generated": own, "wrong_condition": wrong, "no_diffusion": trivial}, str(folder / VECTORS),
                       metadata={"wrong_condition_task": tasks[other]})
             model = build_peft_model(params.base, params.lora, num_labels[task], params.seed)
             for k in range(cfg.samples):

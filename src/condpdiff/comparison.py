@@ -11,24 +11,27 @@ from tqdm.auto import tqdm
 from condpdiff.evaluation import Scorer, mean_std, nearest_distances
 from condpdiff.glue import Example, headline
 
-METHODS = ("generated", "original", "soup", "base")
+METHODS = ("generated", "original", "soup", "no_diffusion", "head_only", "base")
 
 
 def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated: torch.Tensor,
-                 wrong: torch.Tensor, wrong_task: str, select: list[Example], evaluation: list[Example],
-                 score_all_on_eval: bool) -> dict:
+                 wrong: torch.Tensor, wrong_task: str, trivial: torch.Tensor, head_only: torch.Tensor,
+                 select: list[Example], evaluation: list[Example], score_all_on_eval: bool) -> dict:
     """One task's scores on `select` and `eval`, and the distances that say whether samples are copies.
 
-    corpus (N, L) the task's kept checkpoints; generated / wrong (K, L) samples from the task's own
-    condition and from another task's; `original` the collect stage's record of the best checkpoint.
+    corpus (N, L) the task's kept checkpoints; generated / wrong / trivial (K, L) samples from the task's
+    own condition, from another task's, and from the no-diffusion analogue; head_only (L,) the head trained
+    alone (LoRA zero); `original` the collect stage's record of the best checkpoint.
     """
     task = scorer.task
     best_k, own_select = scorer.best_on_select(tqdm(generated, desc=f"{task} generated", leave=False), select)
     wrong_values = [scorer.headline(v, select) for v in tqdm(wrong, desc=f"{task} wrong condition", leave=False)]
+    trivial_k, trivial_select = scorer.best_on_select(tqdm(trivial, desc=f"{task} no diffusion", leave=False), select)
     best_original = corpus[original["best_index"]]
     soup = corpus.mean(dim=0)
     base = torch.where(scorer.layout.lora_mask(), torch.zeros_like(best_original), best_original)  # head, no LoRA
-    chosen = {"generated": generated[best_k], "original": best_original, "soup": soup, "base": base}
+    chosen = {"generated": generated[best_k], "original": best_original, "soup": soup,
+              "no_diffusion": trivial[trivial_k], "head_only": head_only, "base": base}
     eval_scores = {name: scorer.metrics(vector, evaluation) for name, vector in chosen.items()}
     if score_all_on_eval:
         all_eval = [scorer.headline(v, evaluation) for v in generated]
@@ -40,6 +43,9 @@ def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated
             "generated_best": own_select[best_k], "generated_mean": own_mean, "generated_std": own_std,
             "original_best": original["best_select"],
             "soup": scorer.metrics(soup, select), "wrong_condition_task": wrong_task,
+            "no_diffusion_best": trivial_select[trivial_k],
+            "no_diffusion_mean": mean_std([headline(task, m) for m in trivial_select])[0],
+            "head_only": scorer.metrics(head_only, select),
             "wrong_condition_mean": mean_std(wrong_values)[0], "wrong_condition_best": max(wrong_values),
         },
         "eval": eval_scores,
@@ -67,8 +73,10 @@ def summarize(results: dict[str, dict], tasks: list[str]) -> dict[str, dict[str,
         metrics["select"][f"{task}_generated_best"] = headline(task, results[task]["select"]["generated_best"])
         metrics["select"][f"{task}_original_best"] = headline(task, results[task]["select"]["original_best"])
         metrics["select"][f"{task}_wrong_condition_mean"] = results[task]["select"]["wrong_condition_mean"]
+        metrics["select"][f"{task}_generated_mean"] = results[task]["select"]["generated_mean"]
     for name in METHODS:
         metrics["eval"][f"average_{name}"] = average("eval", name)
-    for name in ("generated_best", "original_best", "generated_mean", "wrong_condition_mean"):
+    for name in ("generated_best", "original_best", "generated_mean", "wrong_condition_mean", "no_diffusion_best",
+                 "no_diffusion_mean", "head_only"):
         metrics["select"][f"average_{name}"] = average("select", name)
     return metrics

@@ -69,6 +69,16 @@ class Generator:
         return vectors.contiguous()
 
 
+    @torch.inference_mode()
+    def no_diffusion(self, condition: torch.Tensor, stats_index: int | None, length: int, samples: int,
+                     seed: int) -> torch.Tensor:
+        """The generator without its autoencoder and diffusion: N(0, I) in normalized space, de-normalized
+        like a sample (cond: the condition's mean + pooled std * N(0, I); task: soup + std_task * N(0, I)).
+        What the diffusion must beat to have earned its place. (samples, length)."""
+        draws = torch.randn((samples, self.autoencoder.spec.length), generator=torch.Generator().manual_seed(seed))
+        return self.denormalize(draws, condition, stats_index)[:, :length].contiguous()
+
+
 def generation_seed(seed: int, task_position: int) -> int:
     """The sampling seed of the task at `task_position` in `data.tasks`, shared by the generate stage and
     the ablations. Noise is drawn for the whole batch at once, so `python -m condpdiff generate --task T

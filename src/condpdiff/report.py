@@ -25,7 +25,8 @@ def render_table1(results: dict, sizes: dict, norm: str, condition: str) -> str:
         "## eval", "", header, rule,
     ]
     rows = [("original (best on select)", "original"), ("generated (best on select)", "generated"),
-            ("model soup (corpus mean)", "soup"), ("base (head only, LoRA removed)", "base")]
+            ("model soup (corpus mean)", "soup"), ("no-diffusion analogue (best on select)", "no_diffusion"),
+            ("head trained alone (LoRA off)", "head_only"), ("base (original's head, LoRA removed)", "base")]
     for label, key in rows:
         values = [_h(t, results[t]["eval"][key]) for t in tasks]
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values) / len(values):.2f} |")
@@ -38,14 +39,20 @@ def render_table1(results: dict, sizes: dict, norm: str, condition: str) -> str:
     lines += ["", "## select (where the choices are made)", "", header, rule]
     select_rows = [("original best", "original_best"), ("generated best", "generated_best"),
                    ("generated mean", "generated_mean"), ("generated std", "generated_std"),
-                   ("soup", "soup"), ("wrong condition: mean", "wrong_condition_mean"),
-                   ("wrong condition: best", "wrong_condition_best")]
+                   ("soup", "soup"), ("no-diffusion analogue best", "no_diffusion_best"),
+                   ("no-diffusion analogue mean", "no_diffusion_mean"), ("head trained alone", "head_only"),
+                   ("wrong condition: mean", "wrong_condition_mean"), ("wrong condition: best", "wrong_condition_best")]
     for label, key in select_rows:
         values = [_h(t, results[t]["select"][key]) for t in tasks]
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values) / len(values):.2f} |")
-    lines += ["", "The wrong-condition control generates with another task's condition "
+    lines += ["", "The no-diffusion analogue is N(0, I) de-normalized like a sample (the same K, the same choice on "
+              "`select`): what the autoencoder and the diffusion must beat. The head trained alone uses collect's "
+              "steps and rates on the frozen base.", "",
+              "The wrong-condition control generates with another task's condition "
               "(" + ", ".join(f"{t} <- {results[t]['select']['wrong_condition_task']}" for t in tasks) + ") "
-              "but this task's normalization statistics and layout, scored on this task's `select`.", "",
+              + ("and this task's layout (condition-only: no per-task statistics are read), "
+                 if norm == "cond" else "but this task's normalization statistics and layout, ")
+              + "scored on this task's `select`.", "",
               "## Are the generated adapters copies?", "",
               "| task | generated -> nearest corpus checkpoint (median L2) | corpus nearest-neighbour (median L2) "
               "| generated -> soup (median L2) |", "|---|---|---|---|"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,12 +29,12 @@ import torch
 
 from condpdiff.artifacts import LAYOUTS, ORIGINALS, split_file, task_corpus_file
 from condpdiff.autoencoder import encode_latents
+from condpdiff.baselines import head_only
 from condpdiff.conditions import (build_conditions, condition_text, draw_seed, make_text_encoder, read_descriptions,
                                   read_rewordings)
 from condpdiff.config import ConditionType, Norm, Params
 from condpdiff.corpus import load_task_corpus, pad_to, spaced_indices, stack_corpus
 from condpdiff.evaluation import Scorer, nearest_distances, predict, task_scorer
-from condpdiff.finetune import encode, label_tensor, lr_factor, kept_steps
 from condpdiff.generator import Generator, generation_seed
 from condpdiff.glue import Example, compute_metrics, headline, read_jsonl
 from condpdiff.lora import flatten_model, load_tokenizer, load_vector, read_layouts
@@ -132,8 +131,12 @@ def final_step_noise(generator: Generator, latents: torch.Tensor, condition: tor
 
 
 def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: int = 5, rounds: int = 1000,
-              baselines: bool = False, rewordings: Path | None = None, reworded_samples: int = 3, log=print) -> dict:
+              baselines: bool = False, rewordings: Path | None = None, reworded_samples: int = 3,
+              light: bool = False, log=print) -> dict:
     """One study row under `params` (its norm, conditions, generator): the results per task and averaged.
+    `light` scores only what depends on the denoiser (own, wrong, splice; rewordings if given) and skips
+    the no-diffusion analogue, the mean and the reconstructions (they depend on the norm and the autoencoder
+    only): the generator-variant rows.
     `baselines` adds the rows that do not depend on the generator: `head_only` (the head trained alone,
     LoRA off) and `base` (the best original's head, LoRA zeroed). `rewordings` (a held-out rewordings file)
     adds `reworded`: per rewording, `reworded_samples` samples from it (with the same few-shot examples as
@@ -194,14 +197,13 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         splice_wrong = score("splice_wrong", splice(wrong, head, lora_mask), on_eval=False)
         diff, low, high = paired_bootstrap(task, splice_own, splice_wrong, labels, rounds, params.seed)
         if cond_only:
-            centre, scale = generator.condition_mean(built.vectors[i])[:length], generator.normalizer.shared_std
+            centre = generator.condition_mean(built.vectors[i])[:length]
         elif generator.normalizer.method is Norm.task:
-            centre, scale = corpus.mean(dim=0), generator.normalizer.std[i]
+            centre = corpus.mean(dim=0)
         else:
-            centre, scale = None, None
-        if centre is not None:
-            draws = torch.randn((params.generate.samples, padded_length), generator=torch.Generator().manual_seed(seed))
-            score("trivial", centre + scale[:length] * draws[:, :length])
+            centre = None
+        if centre is not None and not light:
+            score("trivial", generator.no_diffusion(built.vectors[i], stats, length, params.generate.samples, seed))
             score("mean", centre[None])
         if baselines:
             score("head_only", head_only(params, scorer, train[task], init)[None])
@@ -225,10 +227,11 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         rows = (task_index == i).nonzero()[:, 0][picked]
         decoded = generator.autoencoder.decode(latents[rows])
         reconstructed = generator.normalizer.inverse(decoded, torch.full((len(rows),), i))[:, :length]
-        score("reconstructed", reconstructed, on_eval=False)
-        values = [value for _, value in chosen]  # collect's scores of the same checkpoints
-        scores["original_scored"] = {"select_mean": float(np.mean(values)), "select_best": float(max(values)),
-                                     "eval_of_best": float("nan")}
+        if not light:
+            score("reconstructed", reconstructed, on_eval=False)
+            values = [value for _, value in chosen]  # collect's scores of the same checkpoints
+            scores["original_scored"] = {"select_mean": float(np.mean(values)), "select_best": float(max(values)),
+                                         "eval_of_best": float("nan")}
         other_soups = [soups[j, :length] for j in range(len(tasks)) if j != i]
         results[task] = {
             "scores": scores,
@@ -265,56 +268,6 @@ def average(results: dict, tasks: list[str]) -> dict[str, float]:
     summary["own_minus_wrong_select_mean"] = summary["own_select_mean"] - summary["wrong_select_mean"]
     summary["splice_tasks_own_above_wrong"] = sum(results[t]["splice_bootstrap"]["low"] > 0 for t in tasks)
     return summary
-
-
-@torch.inference_mode()
-def pooled_features(scorer: Scorer, examples: list[Example], batch_size: int) -> torch.Tensor:
-    """The frozen base's pooled [CLS] features (LoRA zeroed): what the classification head reads."""
-    load_vector(scorer.model, torch.zeros(scorer.layout.length), scorer.layout)
-    scorer.model.eval()
-    encoder = scorer.model.base_model.model.bert
-    return torch.cat([encoder(**encode(scorer.tokenizer, examples[s:s + batch_size], scorer.max_length)).pooler_output
-                      for s in range(0, len(examples), batch_size)])
-
-
-def head_only(params: Params, scorer: Scorer, train: list[Example], head_init: torch.Tensor) -> torch.Tensor:
-    """The head trained alone on the frozen base (LoRA off) for collect's steps, batch size, head rate and
-    schedule; the features are computed once (no dropout: the base is frozen and in eval mode).
-    `head_init` is a flat vector whose head entries start the training (the model's seeded init).
-    Returns the flat vector: zero LoRA, the trained head."""
-    cfg = params.collect
-    features = pooled_features(scorer, train, params.evaluate.batch_size)
-    names = [(n, s, o) for n, s, o in zip(scorer.layout.names, scorer.layout.shapes, scorer.layout.offsets)
-             if not scorer.layout.is_lora(n)]
-    weight = next((s, o) for n, s, o in names if n.endswith("weight"))
-    bias = next((s, o) for n, s, o in names if n.endswith("bias"))
-    if len(names) != 2 or weight[0][1] != features.shape[1]:
-        raise ValueError(f"{scorer.task}: expected one linear head over {features.shape[1]} features, got {names}")
-    layer = torch.nn.Linear(weight[0][1], weight[0][0])
-    with torch.no_grad():
-        layer.weight.copy_(head_init[weight[1]:weight[1] + math.prod(weight[0])].reshape(weight[0]))
-        layer.bias.copy_(head_init[bias[1]:bias[1] + math.prod(bias[0])])
-    labels = label_tensor(scorer.task, train)
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr_head, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + 1, cfg, min(kept_steps(cfg))))
-    rng, order = random.Random(params.seed), []
-    for _ in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        index, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        logits = layer(features[index])
-        loss = (torch.nn.functional.mse_loss(logits[:, 0], labels[index]) if logits.shape[1] == 1
-                else torch.nn.functional.cross_entropy(logits, labels[index]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    vector = torch.zeros(scorer.layout.length)
-    vector[weight[1]:weight[1] + math.prod(weight[0])] = layer.weight.detach().flatten()
-    vector[bias[1]:bias[1] + math.prod(bias[0])] = layer.bias.detach()
-    return vector
 
 
 COLUMNS = (  # (column, key in `average`): the study table
@@ -356,8 +309,9 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
     """Leave-one-task-out: train a condition-only generator on every task but `held_out`, then generate
     for `held_out` from its condition alone (none of its checkpoints or statistics reach training).
 
-    Rows (best of K on `select`, its `eval`): generated; the baselines a task without a corpus could
-    use: the mean of the other tasks' soups, the soup of the task whose condition is nearest by cosine,
+    Rows (best of K on `select`, its `eval`): generated; its no-diffusion analogue (the predicted mean
+    plus the pooled std times N(0, I), same K) and the predicted mean alone; the baselines a task without
+    a corpus could use: the mean of the other tasks' soups, the soup of the task whose condition is nearest by cosine,
     a mix of the soups weighted by clipped cosine similarity (the head of each only from tasks whose head
     has this task's shape; when the nearest task's head has another shape, the mean of the same-shape
     tasks' heads); and, as references that read the task's
@@ -415,11 +369,14 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
     clipped = similarity.clamp(min=0)
     corpus, _ = load_task_corpus(task_corpus_file(corpus_dir, held_out))
     originals = json.loads((corpus_dir / ORIGINALS).read_text())
+    seed = generation_seed(params.seed, tasks.index(held_out))
+    centre = generator.condition_mean(target)
     candidates = {
         "generated": fit(generator.generate(target, None, padded_length, params.generate.samples,
                                             params.generate.sampler.value, params.generate.inference_steps,
-                                            seed=generation_seed(params.seed, tasks.index(held_out)),
-                                            guidance=params.generate.guidance)),
+                                            seed=seed, guidance=params.generate.guidance)),
+        "no_diffusion": fit(generator.no_diffusion(target, None, padded_length, params.generate.samples, seed)),
+        "condition_mean": fit(centre[None]),
         "mean_of_soups": fit(mix(torch.ones(len(seen)))),
         "nearest_soup": fit(mix(nearest)),
         "weighted_soups": fit(mix(clipped if clipped.sum() > 0 else torch.ones(len(seen)))),
@@ -439,7 +396,7 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
             "generated_to_own_soup": (candidates["generated"] - corpus.mean(dim=0)).norm(dim=1).median().item()}
 
 
-LOTO_ROWS = ("generated", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only", "original")
+LOTO_ROWS = ("generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only", "original")
 
 
 def render_loto_table(folds: list[dict]) -> str:
