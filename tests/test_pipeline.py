@@ -107,7 +107,10 @@ def test_tiny_dvc_repro_leaves_every_output(tiny_repo):
             assert path.stat().st_size > 0, f"empty output: {path}"
     metrics = json.loads((tiny_repo / "metrics" / "eval.json").read_text())
     assert metrics["eval"] and _finite(metrics)
-    assert "| generated (best on select) |" in (tiny_repo / "reports" / "table1.md").read_text()
+    assert {"average_no_diffusion", "average_head_only", "stsb_head_only"} <= set(metrics["eval"])
+    table = (tiny_repo / "reports" / "table1.md").read_text()
+    assert "| generated (best on select) |" in table and "| head trained alone (LoRA off) |" in table
+    assert "no per-task statistics are read" in table  # the tiny profile runs the default, condition-only mode
     adapter = tiny_repo / "outputs" / "generated" / "sst2" / "adapter_00"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert "up to date" in _run(tiny_repo, DVC, "status").stdout.lower()
@@ -168,8 +171,8 @@ def test_adding_a_task_runs_only_its_own_prepare_and_collect(tiny_repo):
     with _restored(tiny_repo):
         _set_param(tiny_repo, "data.tasks", ["sst2", "stsb", "rte"])
         ran = _ran(_run(tiny_repo, DVC, "repro").stdout)
-        assert {"prepare@rte", "collect@rte", "gather", "normalize", "evaluate"} <= ran
-        assert not ran & {"prepare@sst2", "prepare@stsb", "collect@sst2", "collect@stsb"}
+        assert {"prepare@rte", "collect@rte", "headonly@rte", "gather", "normalize", "evaluate"} <= ran
+        assert not ran & {"prepare@sst2", "prepare@stsb", "collect@sst2", "collect@stsb", "headonly@sst2"}
         assert (tiny_repo / "outputs" / "corpus" / "rte.safetensors").is_file()
         assert "rte_generated" in json.loads((tiny_repo / "metrics" / "eval.json").read_text())["eval"]
 
@@ -186,11 +189,17 @@ def test_study_and_leave_one_task_out_run_on_the_tiny_corpus(tiny_repo):
     assert len(row["tasks"]["stsb"]["scores"]["reworded"]["each"]) == 4
     assert _finite(row["average"]) and _finite(row["tasks"]["sst2"]["distance"])
     assert "| tiny-cond |" in (tiny_repo / "outputs" / "study" / "study.md").read_text()
+    _run(tiny_repo, sys.executable, "-m", "condpdiff", "study", "tiny-light", *cond, "-S", "diffusion.conditioning=film",
+         "--light", "--out", "outputs/study")
+    light = json.loads((tiny_repo / "outputs" / "study" / "tiny-light.json").read_text())
+    assert set(light["tasks"]["sst2"]["scores"]) == {"own", "wrong", "splice_own", "splice_wrong"}
+    assert _finite(light["average"])
+    assert "| tiny-light |" in (tiny_repo / "outputs" / "study" / "study.md").read_text()
     _run(tiny_repo, sys.executable, "-m", "condpdiff", "loto", *cond, "--out", "outputs/study")
     folds = {f["held_out"]: f for f in json.loads((tiny_repo / "outputs" / "study" / "loto.json").read_text())["folds"]}
     assert folds["sst2"]["head"].startswith("head-only") and folds["stsb"]["head"].startswith("head-only")
     for fold in folds.values():
-        assert set(fold["scores"]) == {"generated", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only",
+        assert set(fold["scores"]) == {"generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only",
                                        "original"} and _finite(fold["scores"])
     runs = mlflow.MlflowClient(_store(tiny_repo)).search_runs(
         [mlflow.MlflowClient(_store(tiny_repo)).get_experiment_by_name("condpdiff").experiment_id],

@@ -71,7 +71,7 @@ def _study(args) -> None:
         start = time.perf_counter()
         result = run_study(params, params.data.tasks if args.tasks is None else args.tasks, Path(args.prepared),
                            Path(args.corpus), scored=args.scored, baselines=args.baselines,
-                           rewordings=Path(args.rewordings) if args.rewordings else None)
+                           rewordings=Path(args.rewordings) if args.rewordings else None, light=args.light)
         result.update(seconds=time.perf_counter() - start, overrides=args.set, run_id=run.info.run_id,
                       params=flatten_dict(params_to_dict(params)))
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--scored", type=int, default=3, help="corpus checkpoints reconstructed and scored per task")
     study.add_argument("--baselines", action="store_true", help="also the head-only and base rows")
     study.add_argument("--rewordings", help="held-out rewordings (data/task_rewordings.yaml): score them too")
+    study.add_argument("--light", action="store_true",
+                       help="only the rows the denoiser decides (own, wrong, splice): a generator-variant row")
     study.add_argument("--out", default="reports/conditional")
     study.set_defaults(run=_study)
     loto = commands.add_parser("loto", help="leave-one-task-out: generate for each task from a generator trained "
