@@ -108,7 +108,7 @@ def test_study_commands_refuse_bad_overrides_before_any_work(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["study", "x", "-S", "norm=weird", "--out", str(tmp_path)]) == 2
     assert "params.yaml with -S norm=weird: norm" in capsys.readouterr().err
-    assert main(["loto", "--out", str(tmp_path)]) == 2  # params.yaml's norm=task cannot hold a task out
+    assert main(["loto", "-S", "norm=task", "--out", str(tmp_path)]) == 2  # task statistics cannot hold a task out
     assert "norm=cond" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 

@@ -29,7 +29,8 @@ from condpdiff.normalize import fit_normalizer
 from condpdiff.registry import MODEL_NAME, PromotionRefused, lineage_tags, promote, register_generator
 from conftest import TINY_PARAMS
 
-PARAMS = replace(TINY_PARAMS, data=replace(TINY_PARAMS.data, tasks=["sst2", "stsb"]),
+PARAMS = replace(TINY_PARAMS, norm=Norm.task,  # the parts below are task-normalized (the paper's protocol)
+                 data=replace(TINY_PARAMS.data, tasks=["sst2", "stsb"]),
                  generate=replace(TINY_PARAMS.generate, inference_steps=4))
 
 

@@ -41,7 +41,7 @@ def test_every_stage_run_carries_the_whole_params_file():
     logged = mlflow.get_run(run_id).data.params
     expected = {k: str(v) for k, v in flatten_dict(params_to_dict(TINY_PARAMS)).items()}
     assert logged == expected
-    assert logged["generate.sampler"] == "ddim" and logged["norm"] == "task"
+    assert logged["generate.sampler"] == "ddim" and logged["norm"] == "cond"
 
 
 def test_killed_stage_is_marked_failed(tmp_path):
