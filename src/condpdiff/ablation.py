@@ -50,9 +50,13 @@ def parse_layers(text: str) -> range:
 
 
 def _apply(params: Params, variant: Variant) -> Params:
-    return replace(params, norm=Norm(variant.norm) if variant.norm else params.norm,
-                   conditions=replace(params.conditions, type=ConditionType(variant.condition))
-                   if variant.condition else params.conditions)
+    """The paper's grids run under the paper's protocol, whatever the default: task norm and one
+    description per task (condition-only generation is measured by `python -m condpdiff study`);
+    the variant then changes one thing."""
+    conditions = replace(params.conditions, wordings=1, draws=1)
+    return replace(params, norm=Norm(variant.norm) if variant.norm else Norm.task,
+                   conditions=replace(conditions, type=ConditionType(variant.condition))
+                   if variant.condition else conditions)
 
 
 def _digest(*parts) -> str:
