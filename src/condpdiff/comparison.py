@@ -53,6 +53,7 @@ def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated
             "generated_to_corpus_median": nearest_distances(generated, corpus).median().item(),
             "corpus_nearest_neighbour_median": nearest_distances(corpus, corpus, exclude_self=True).median().item(),
             "generated_to_soup_median": (generated - soup).norm(dim=1).median().item(),
+            "no_diffusion_to_corpus_median": nearest_distances(trivial, corpus).median().item(),
         },
     }
 

@@ -55,11 +55,13 @@ def render_table1(results: dict, sizes: dict, norm: str, condition: str) -> str:
               + "scored on this task's `select`.", "",
               "## Are the generated adapters copies?", "",
               "| task | generated -> nearest corpus checkpoint (median L2) | corpus nearest-neighbour (median L2) "
-              "| generated -> soup (median L2) |", "|---|---|---|---|"]
+              "| generated -> soup (median L2) | no-diffusion analogue -> nearest corpus checkpoint (median L2) |",
+              "|---|---|---|---|---|"]
     for t in tasks:
         d = results[t]["distance"]
         lines.append(f"| {TASK_SPECS[t].folder} | {d['generated_to_corpus_median']:.4f} | "
-                     f"{d['corpus_nearest_neighbour_median']:.4f} | {d['generated_to_soup_median']:.4f} |")
+                     f"{d['corpus_nearest_neighbour_median']:.4f} | {d['generated_to_soup_median']:.4f} | "
+                     f"{d['no_diffusion_to_corpus_median']:.4f} |")
     lines += ["", "## Data", "", "| task | train | select | eval | note |", "|---|---|---|---|---|"]
     for t in tasks:
         s = sizes[t]
