@@ -77,7 +77,8 @@ def _study(args) -> None:
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
         mlflow.log_metrics({k: float(v) for k, v in result["average"].items()})
         mlflow.log_artifact(str(out / f"{args.name}.json"))
-    rows = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))}
+    rows = {path.stem: row for path in sorted(out.glob("*.json"))
+            if "average" in (row := json.loads(path.read_text()))}  # study rows; loto.json shares the folder
     (out / "study.md").write_text(render_study_table(rows))
     print((out / "study.md").read_text())
 
