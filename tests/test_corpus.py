@@ -46,3 +46,24 @@ def test_learning_rate_drops_over_the_kept_window():
     first = min(kept_steps(cfg))
     assert kept_steps(cfg) == [16, 17, 18, 19, 20]
     assert [lr_factor(s, cfg, first) for s in (1, 2, 4, 15, 16, 20)] == [0.25, 0.5, 1.0, 1.0, 0.1, 0.1]
+
+
+@pytest.mark.parametrize("length_groups", [1, 4])
+def test_training_batches_cover_each_epoch_once_and_group_lengths(length_groups):
+    import random
+    from itertools import islice
+
+    from condpdiff.finetune import training_batches
+
+    draw = random.Random(1)
+    lengths = [draw.randrange(5, 120) for _ in range(103)]
+    batches = list(islice(training_batches(lengths, 8, length_groups, random.Random(0)), 26))
+    first, second = sorted(i for b in batches[:13] for i in b), sorted(i for b in batches[13:] for i in b)
+    assert first == second == list(range(103))  # two epochs of 13 batches (the last one of 7)
+    assert sorted(len(b) for b in batches[:13]) == [7] + [8] * 12
+    again = list(islice(training_batches(lengths, 8, length_groups, random.Random(0)), 26))
+    assert again == batches
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    if length_groups > 1:  # sorted pools pad far less than plain shuffled batches
+        plain = list(islice(training_batches(lengths, 8, 1, random.Random(0)), 26))
+        assert padded < 0.8 * sum(max(lengths[i] for i in b) * len(b) for b in plain)

@@ -13,7 +13,8 @@ import torch
 
 from condpdiff.config import Params
 from condpdiff.evaluation import Scorer
-from condpdiff.finetune import encode, kept_steps, label_tensor, lr_factor
+from condpdiff.finetune import (encode, example_length, kept_steps, label_tensor, lr_factor, token_lengths,
+                               training_batches)
 from condpdiff.glue import Example
 from condpdiff.lora import load_vector
 
@@ -23,17 +24,25 @@ HEAD_ONLY = "head_only.safetensors"
 
 @torch.inference_mode()
 def pooled_features(scorer: Scorer, examples: list[Example], batch_size: int) -> torch.Tensor:
-    """The frozen base's pooled [CLS] features (LoRA zeroed): what the classification head reads."""
+    """The frozen base's pooled [CLS] features (LoRA zeroed), in the examples' order: what the head reads.
+    Batches are length-sorted so they pad little."""
     load_vector(scorer.model, torch.zeros(scorer.layout.length), scorer.layout)
     scorer.model.eval()
     encoder = scorer.model.base_model.model.bert
-    return torch.cat([encoder(**encode(scorer.tokenizer, examples[s:s + batch_size], scorer.max_length)).pooler_output
-                      for s in range(0, len(examples), batch_size)])
+    order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
+    features = None
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        pooled = encoder(**encode(scorer.tokenizer, [examples[i] for i in index], scorer.max_length)).pooler_output
+        if features is None:
+            features = pooled.new_zeros(len(examples), pooled.shape[1])
+        features[index] = pooled
+    return features
 
 
 def head_only(params: Params, scorer: Scorer, train: list[Example], head_init: torch.Tensor) -> torch.Tensor:
-    """The head trained alone on the frozen base (LoRA off) for collect's steps, batch size, head rate and
-    schedule; the features are computed once (no dropout: the base is frozen and in eval mode).
+    """The head trained alone on the frozen base (LoRA off) on collect's batches, with its steps, head rate
+    and schedule; the features are computed once (no dropout: the base is frozen and in eval mode).
     `head_init` is a flat vector whose head entries start the training (the model's seeded init).
     Returns the flat vector: zero LoRA, the trained head."""
     cfg = params.collect
@@ -51,13 +60,10 @@ def head_only(params: Params, scorer: Scorer, train: list[Example], head_init: t
     labels = label_tensor(scorer.task, train)
     optimizer = torch.optim.AdamW(layer.parameters(), lr=cfg.lr_head, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + 1, cfg, min(kept_steps(cfg))))
-    rng, order = random.Random(params.seed), []
+    batches = training_batches(token_lengths(scorer.tokenizer, train, scorer.max_length), cfg.batch_size,
+                               cfg.length_groups, random.Random(params.seed))
     for _ in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        index, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        index = next(batches)
         logits = layer(features[index])
         loss = (torch.nn.functional.mse_loss(logits[:, 0], labels[index]) if logits.shape[1] == 1
                 else torch.nn.functional.cross_entropy(logits, labels[index]))

@@ -84,6 +84,7 @@ class LoraConfig:
 class CollectConfig:
     steps: int
     batch_size: int
+    length_groups: int  # batches drawn from pools of this many batches sorted by length (less padding); <= 1 = off
     lr_lora: float
     lr_head: float
     warmup_steps: int

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from condpdiff.config import BaseModelConfig, LoraConfig
-from condpdiff.finetune import STSB_SCALE, encode
+from condpdiff.finetune import STSB_SCALE, encode, example_length
 from condpdiff.glue import TASK_SPECS, Example, compute_metrics, headline
 from condpdiff.lora import Layout, build_peft_model, load_tokenizer, load_vector, model_layout
 
@@ -21,7 +21,7 @@ from condpdiff.lora import Layout, build_peft_model, load_tokenizer, load_vector
 def predict(model, tokenizer, task: str, examples: list[Example], batch_size: int, max_length: int) -> np.ndarray:
     """Class ids, or STS-B scores on the 0-5 scale. Batches are length-sorted for speed."""
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+    order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
     outputs = np.zeros(len(examples), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]

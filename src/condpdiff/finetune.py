@@ -17,16 +17,52 @@ from condpdiff.lora import Layout, flatten_model
 STSB_SCALE = 5.0  # STS-B scores live in [0, 5]; the head regresses score / 5
 
 
+def texts(examples: list[Example]) -> tuple[list[str], list[str] | None]:
+    """The first texts and, for pair tasks, the second ones: the tokenizer's two arguments."""
+    return [e.text_a for e in examples], [e.text_b for e in examples] if examples[0].text_b is not None else None
+
+
 def encode(tokenizer, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
-    first = [e.text_a for e in examples]
-    second = [e.text_b for e in examples] if examples[0].text_b is not None else None
-    return tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return tokenizer(*texts(examples), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
 
 def label_tensor(task: str, examples: list[Example]) -> torch.Tensor:
     if TASK_SPECS[task].num_labels == 1:
         return torch.tensor([e.label / STSB_SCALE for e in examples], dtype=torch.float32)
     return torch.tensor([int(e.label) for e in examples], dtype=torch.long)
+
+
+def example_length(example: Example) -> int:
+    """Characters of the example's text(s): a length proxy for sorting batches without tokenizing."""
+    return len(example.text_a) + len(example.text_b or "")
+
+
+def token_lengths(tokenizer, examples: list[Example], max_length: int) -> list[int]:
+    """Tokens of each example as `encode` truncates it, padding aside."""
+    return [len(ids) for ids in tokenizer(*texts(examples), truncation=True, max_length=max_length)["input_ids"]]
+
+
+def training_batches(lengths: list[int], batch_size: int, length_groups: int, rng: random.Random):
+    """Endless batches of example indices, epoch after epoch; each epoch sees every example once.
+
+    `lengths` holds each example's token count. Each epoch is shuffled, cut into pools of
+    `length_groups` batches, and each pool sorted by length before it is split into batches, so a batch pads to a length near its own (the pair tasks padded
+    1.4-1.9x more tokens than they held); the batches of an epoch are then shuffled, so the order of
+    lengths is random. `length_groups` <= 1: plain shuffled batches.
+    """
+    pool = batch_size * max(length_groups, 1)
+    while True:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start:start + pool]
+            if length_groups > 1:
+                chunk.sort(key=lambda i: lengths[i])
+            batches.extend(chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size))
+        if length_groups > 1:
+            rng.shuffle(batches)
+        yield from batches
 
 
 def kept_steps(cfg: CollectConfig) -> list[int]:
@@ -68,16 +104,11 @@ def finetune_and_collect(
     )
     keep = set(kept_steps(cfg))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + 1, cfg, min(keep)))
-    order: list[int] = []
+    batches = training_batches(token_lengths(tokenizer, train, max_length), cfg.batch_size, cfg.length_groups, rng)
     kept, kept_at = [], []
     model.train()
     for step in tqdm(range(1, cfg.steps + 1), desc=f"fine-tune {task}", leave=False):
-        if len(order) < cfg.batch_size:
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        batch = [train[i] for i in order[:cfg.batch_size]]
-        del order[:cfg.batch_size]
+        batch = [train[i] for i in next(batches)]
         inputs = encode(tokenizer, batch, max_length)
         loss = model(**inputs, labels=label_tensor(task, batch)).loss
         if not torch.isfinite(loss):
