@@ -2,6 +2,7 @@
 import base64
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -187,8 +188,8 @@ def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
 
 
-def test_condition_only_bundle_reads_a_free_description_without_stats_task(trained_parts, tmp_path):
-    """norm=cond: a description alone is a full request; the text, not a task's statistics, sets the mean."""
+def _condition_only_bundle(trained_parts, tmp_path) -> GeneratorBundle:
+    """The registry's parts under norm=cond, with a mean predictor that reads the text."""
     from condpdiff.mean_predictor import MeanPredictor, MeanPredictorSpec
 
     folder = tmp_path / "parts"
@@ -203,9 +204,38 @@ def test_condition_only_bundle_reads_a_free_description_without_stats_task(train
                    1.0, folder / "diffusion.pt", mean)
     parts = GeneratorFiles(*(folder / path.name for _, path in trained_parts.items()))
     write_bundle(tmp_path / "bundle", replace(PARAMS, norm=Norm.cond), parts, "sentence-transformers/all-MiniLM-L6-v2")
-    bundle = GeneratorBundle(tmp_path / "bundle")
+    return GeneratorBundle(tmp_path / "bundle")
+
+
+def test_condition_only_bundle_reads_a_free_description_without_stats_task(trained_parts, tmp_path):
+    """norm=cond: a description alone is a full request; the text, not a task's statistics, sets the mean."""
+    bundle = _condition_only_bundle(trained_parts, tmp_path)
     one, layout, _ = bundle.generate_vectors(Request(description="Classify tweets by sentiment.", seed=1))
     two, _, _ = bundle.generate_vectors(Request(description="Rate how similar two sentences are.", seed=1))
     assert one.shape == (1, layout.length) and not torch.allclose(one, two)
     known, _, _ = bundle.generate_vectors(Request(task="sst2", seed=1))
     assert known.shape == one.shape
+
+
+def test_free_conditions_are_scored_from_the_adapter_folders_a_user_loads(trained_parts, tmp_path):
+    """`describe`: every typed condition gets K adapters, loaded by peft and scored on select, beside the own."""
+    from condpdiff.freetext import render_free_table, score_free_conditions
+    from condpdiff.glue import Example, write_jsonl
+
+    bundle = _condition_only_bundle(trained_parts, tmp_path)
+    texts = ["a fine film", "a dull mess", "great acting", "boring", "a joy", "awful"]
+    write_jsonl(tmp_path / "prepared" / "sst2" / "select.jsonl", [Example(t, None, i % 2) for i, t in enumerate(texts)])
+    write_jsonl(tmp_path / "prepared" / "stsb" / "select.jsonl",
+                [Example(t, t[::-1], float(i)) for i, t in enumerate(texts)])
+    conditions = {"sst2": [{"description": "sentiment"}, {"description": "Is it positive?", "examples": ["fun -> positive"]}],
+                  "stsb": [{"description": "similarity"}, {"description": "Same meaning?", "examples": ["a [SEP] a -> 5.0"]}]}
+    result = score_free_conditions(bundle, conditions, tmp_path / "prepared", samples=2, seed=3)
+    for task, rows in result["tasks"].items():
+        assert [r["description"] for r in rows] == ["own training condition"] + [c["description"] for c in conditions[task]]
+        assert all(len(r["select"]) == 2 and all(math.isfinite(v) for v in r["select"]) for r in rows)
+        assert rows[2]["minus_own"] == pytest.approx(rows[2]["select_mean"] - rows[0]["select_mean"])
+    assert set(result["average"]) == {f"condition_{k}_select_mean" for k in range(3)}
+    result.update(model="m", version="1", samples=2, seed=3)
+    assert "| stsb | Same meaning? | a [SEP] a -> 5.0 |" in render_free_table(result, "x.yaml")
+    with pytest.raises(ValueError, match="not trained on.*rte"):
+        score_free_conditions(bundle, {"rte": [{"description": "entailment"}]}, tmp_path / "prepared", 1, 0)

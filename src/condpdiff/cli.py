@@ -83,6 +83,36 @@ def _study(args) -> None:
     print((out / "study.md").read_text())
 
 
+def _describe(args) -> None:
+    import json
+
+    import mlflow
+
+    from condpdiff.config import load_params
+    from condpdiff.freetext import read_free_conditions, render_free_table, score_free_conditions
+    from condpdiff.registry import MODEL_NAME
+    from condpdiff.tracking import stage_run
+
+    params = load_params(args.params)
+    conditions = read_free_conditions(Path(args.conditions))
+    with stage_run("describe", params, model=args.model, conditions=args.conditions) as run:
+        name, _, alias = args.model.removeprefix("models:/").partition("@")
+        client = mlflow.MlflowClient()
+        version = client.get_model_version_by_alias(name, alias).version if alias else name.rpartition("/")[2]
+        bundle = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle
+        result = score_free_conditions(bundle, conditions, Path(args.prepared), args.samples, args.seed)
+        result.update(model=args.model, version=version, samples=args.samples, seed=args.seed, run_id=run.info.run_id,
+                      registered_model=MODEL_NAME)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(render_free_table(result, args.conditions))
+        mlflow.log_metrics(result["average"])
+        mlflow.log_artifact(str(out.with_suffix(".md")))
+        mlflow.log_artifact(str(out.with_suffix(".json")))
+    print(out.with_suffix(".md").read_text())
+
+
 def _loto(args) -> None:
     import json
 
@@ -171,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                        help="only the rows the denoiser decides (own, wrong, splice): a generator-variant row")
     study.add_argument("--out", default="reports/conditional")
     study.set_defaults(run=_study)
+    describe = commands.add_parser("describe", help="score conditions a user typed (a YAML per task) through a "
+                                                    "registered generator, beside each task's own condition")
+    describe.add_argument("conditions", help="YAML: {task: [{description, examples}, ...]}")
+    describe.add_argument("--model", default="models:/condpdiff-generator@candidate")
+    describe.add_argument("--params", default="params.yaml")
+    describe.add_argument("--prepared", default="outputs/prepared")
+    describe.add_argument("--samples", type=int, default=3, help="adapters per condition (K)")
+    describe.add_argument("--seed", type=int, default=0)
+    describe.add_argument("--out", default="reports/conditional/new_user", help="writes <out>.md and <out>.json")
+    describe.set_defaults(run=_describe)
     loto = commands.add_parser("loto", help="leave-one-task-out: generate for each task from a generator trained "
                                             "on the others (norm=cond)")
     loto.add_argument("-S", "--set", action="append", default=[], help="key=value over params.yaml (repeatable)")
