@@ -282,14 +282,27 @@ COLUMNS = (  # (column, key in `average`): the study table
 )
 
 
+def row_setup(flat: dict) -> str:
+    """What the row's generator was, read from the params it recorded (the defaults changed over time)."""
+    return (f"norm={flat['norm']}, {flat['conditions.wordings']}x{flat['conditions.draws']} conditions, "
+            f"{flat['diffusion.prediction']}, {flat['diffusion.conditioning']}")
+
+
+def row_corpus(flat: dict) -> str:
+    """Which corpus the row was measured on: fine-tuned with length-grouped batches (`collect.length_groups`,
+    from ec2aa51 on) or with plain shuffled batches (the rows before it record no such key)."""
+    groups = flat.get("collect.length_groups", 1)
+    return f"length-grouped ({groups})" if groups > 1 else "plain batches"
+
+
 def render_study_table(rows: dict[str, dict]) -> str:
     """Markdown: one line per study row (six-task averages, x100), then the per-task diagnostics."""
-    lines = ["| row | overrides | minutes | " + " | ".join(c for c, _ in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = ["| row | generator | overrides | corpus | minutes | " + " | ".join(c for c, _ in COLUMNS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(COLUMNS)]
     for name, row in rows.items():
         cells = [f"{row['average'][key]:.2f}" if key in row["average"] else "n/a" for _, key in COLUMNS]
-        lines.append(f"| {name} | {' '.join(row['overrides']) or '(params.yaml)'} | {row['seconds'] / 60:.1f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {row_setup(row['params'])} | {' '.join(row['overrides']) or 'none'} | "
+                     f"{row_corpus(row['params'])} | {row['seconds'] / 60:.1f} | " + " | ".join(cells) + " |")
     for name, row in rows.items():
         lines += ["", f"### {name}: diagnostics per task", "",
                   "| task | corpus NN | own->corpus | own->own soup | own->nearest other soup | soup->nearest other soup "
