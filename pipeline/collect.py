@@ -30,12 +30,12 @@ def main() -> None:
 
     with stage_run("collect", params, task=task):
         train, select = (read_jsonl(split_file(args.prepared, split)) for split in ("train", "select"))
-        scorer = task_scorer(params.base, params.lora, task, params.collect.eval_batch_size, params.seed)
-        checkpoints, steps = finetune_and_collect(scorer.model, scorer.tokenizer, task, train, params.collect,
-                                                  scorer.layout, params.base.max_length, params.seed,
-                                                  on_step=metric_logger())
+        recipe = params.collect.for_task(task)
+        scorer = task_scorer(params.base, params.lora, task, recipe.eval_batch_size, params.seed)
+        checkpoints, steps = finetune_and_collect(scorer.model, scorer.tokenizer, task, train, recipe, scorer.layout,
+                                                  params.base.max_length, params.seed, on_step=metric_logger())
         save_task_corpus(args.out / CHECKPOINTS, checkpoints, steps)
-        scored = spaced_indices(params.collect.originals_scored, len(steps))
+        scored = spaced_indices(recipe.originals_scored, len(steps))
         best, scores = scorer.best_on_select(checkpoints[scored], select)
         for index, metrics in zip(scored, scores):
             mlflow.log_metric("select_headline", headline(task, metrics), step=steps[index])

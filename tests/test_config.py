@@ -35,6 +35,10 @@ def test_default_and_profiles_load():
     (_edit("generate", "samples", 0), "generate.samples"),
     (_edit(None, "unknown_section", 1), "unknown_section"),
     (_edit("diffusion", "grad_clip", -1.0), "diffusion.grad_clip"),
+    (_edit("collect", "per_task", {"mnli": {"steps": 9}}), "collect.per_task: unknown task 'mnli'"),
+    (_edit("collect", "per_task", {"cola": {"stepz": 9}}), "collect.per_task.cola.stepz"),
+    (_edit("collect", "per_task", {"cola": {"steps": "many"}}), "collect.per_task.cola.steps: expected int"),
+    (_edit("collect", "per_task", {"cola": {"steps": 1}}), "collect.per_task.cola: keep_last"),
 ])
 def test_bad_params_name_the_key_in_one_line(tmp_path, tree, names):
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")) as error:
@@ -69,3 +73,10 @@ def test_overrides_apply_before_validation_and_name_themselves():
     assert params.norm is Norm.cond and params.conditions.wordings == 8 and params.generate.samples == 3
     with pytest.raises(ConfigError, match="params.yaml with -S generate.samples=x: generate.samples"):
         load_params("params.yaml", ("generate.samples=x",))
+
+
+def test_a_task_recipe_overrides_only_its_own_keys(tmp_path):
+    params = load_params(_write(tmp_path, _edit("collect", "per_task", {"cola": {"steps": 40, "lr_lora": 1}})))
+    cola, sst2 = params.collect.for_task("cola"), params.collect.for_task("sst2")
+    assert (cola.steps, cola.lr_lora, cola.batch_size) == (40, 1, params.collect.batch_size)
+    assert (sst2.steps, sst2.lr_lora) == (params.collect.steps, params.collect.lr_lora) and not cola.per_task

@@ -45,7 +45,7 @@ def head_only(params: Params, scorer: Scorer, train: list[Example], head_init: t
     and schedule; the features are computed once (no dropout: the base is frozen and in eval mode).
     `head_init` is a flat vector whose head entries start the training (the model's seeded init).
     Returns the flat vector: zero LoRA, the trained head."""
-    cfg = params.collect
+    cfg = params.collect.for_task(scorer.task)
     features = pooled_features(scorer, train, params.evaluate.batch_size)
     names = [(n, s, o) for n, s, o in zip(scorer.layout.names, scorer.layout.shapes, scorer.layout.offsets)
              if not scorer.layout.is_lora(n)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -94,6 +94,11 @@ class CollectConfig:
     stride: int
     originals_scored: int  # evenly spaced over the kept checkpoints; 0 = all
     eval_batch_size: int
+    per_task: dict[str, dict[str, Any]]  # {task: {collect key: value}}: a task's own recipe where it differs
+
+    def for_task(self, task: str) -> "CollectConfig":
+        """The recipe of one task: these keys with the task's `per_task` entries over them."""
+        return replace(self, per_task={}, **self.per_task.get(task, {}))
 
 
 @dataclass(frozen=True)
@@ -230,11 +235,7 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
         raise ConfigError(f"{path}: data.tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
     if not params.data.tasks:
         raise ConfigError(f"{path}: data.tasks is empty")
-    c = params.collect
-    if c.keep_last < 1 or c.stride < 1 or (c.keep_last - 1) * c.stride >= c.steps:
-        raise ConfigError(
-            f"{path}: collect: keep_last={c.keep_last} x stride={c.stride} does not fit in steps={c.steps}"
-        )
+    check_collect(params.collect, path)
     for name, value in (("generate.samples", params.generate.samples), ("data.select_size", params.data.select_size)):
         if value < 1:
             raise ConfigError(f"{path}: {name} must be >= 1, got {value}")
@@ -267,6 +268,27 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
                           "diffusion.cfg_dropout > 0 (it never saw the null condition)")
     if params.conditions.encoder not in ("minilm", "open_clip"):
         raise ConfigError(f"{path}: conditions.encoder must be minilm or open_clip")
+
+
+def check_collect(collect: CollectConfig, path: Path | str) -> None:
+    """The shared recipe and every task's own (`collect.per_task`): known tasks and keys, right types, and a
+    kept window that fits each task's steps."""
+    known = {f.name: type(getattr(collect, f.name)) for f in fields(collect) if f.name != "per_task"}
+    for task, entries in collect.per_task.items():
+        if task not in TASKS:
+            raise ConfigError(f"{path}: collect.per_task: unknown task {task!r}; known: {list(TASKS)}")
+        for key, value in entries.items():
+            if key not in known:
+                raise ConfigError(f"{path}: collect.per_task.{task}.{key}: not a collect key ({sorted(known)})")
+            wanted = known[key]
+            if isinstance(value, bool) or not (isinstance(value, wanted) or (wanted is float and isinstance(value, int))):
+                raise ConfigError(f"{path}: collect.per_task.{task}.{key}: expected {wanted.__name__}, got {value!r}")
+    for task in ("", *collect.per_task):
+        c = collect.for_task(task) if task else collect
+        if c.keep_last < 1 or c.stride < 1 or (c.keep_last - 1) * c.stride >= c.steps:
+            where = f"collect.per_task.{task}" if task else "collect"
+            raise ConfigError(f"{path}: {where}: keep_last={c.keep_last} x stride={c.stride} does not fit in "
+                              f"steps={c.steps}")
 
 
 def params_to_dict(params: Params) -> dict:
