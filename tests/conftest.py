@@ -13,10 +13,15 @@ TINY_PARAMS = load_params(REPO / "profiles" / "tiny.yaml")  # tests build from t
 
 @pytest.fixture(autouse=True)
 def isolated_mlflow(tmp_path_factory, monkeypatch):
-    """Tests never write into the repository's MLflow store."""
+    """Tests never write into the repository's MLflow store, nor into a server an earlier test stopped:
+    `mlflow.set_tracking_uri` (test_registry, test_pipeline) outlives the test that called it and
+    outranks the environment variable, so it is reset too."""
+    import mlflow
+
     store = tmp_path_factory.getbasetemp() / "mlflow"
     store.mkdir(exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     yield
 
 
