@@ -66,17 +66,16 @@ def score_free_conditions(bundle: GeneratorBundle, conditions: dict[str, list[di
     for task, entries in conditions.items():
         select = read_jsonl(split_file(prepared / task, "select"))
         labels = np.array([e.label for e in select], dtype=np.float64)
-        requests = [("own training condition", Request(task=task, num_samples=samples, seed=seed))] + [
-            (entry["description"], Request(description=entry["description"], examples=entry.get("examples"),
-                                           num_labels=TASK_SPECS[task].num_labels, num_samples=samples, seed=seed))
-            for entry in entries]
+        own = Request(task=task, num_samples=samples, seed=seed)
+        typed = [Request(description=entry["description"], examples=entry.get("examples"),
+                         num_labels=TASK_SPECS[task].num_labels, num_samples=samples, seed=seed) for entry in entries]
         rows = []
-        for (text, request), entry in zip(requests, [None, *entries]):
+        for request in [own, *typed]:
             with tempfile.TemporaryDirectory() as tmp:
                 scores = [score_folder(bundle, folder, task, tokenizer, select, labels, batch_size)
                           for folder in bundle.write_adapters(request, Path(tmp))]
-            rows.append({"description": text, "examples": (entry or {}).get("examples", []),
-                         "select_mean": float(np.mean(scores)), "select": scores})
+            rows.append({"description": request.description or "own training condition",
+                         "examples": request.examples or [], "select_mean": float(np.mean(scores)), "select": scores})
         own = rows[0]["select_mean"]
         for row in rows[1:]:
             row["minus_own"] = row["select_mean"] - own
