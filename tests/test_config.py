@@ -39,6 +39,8 @@ def test_default_and_profiles_load():
     (_edit("collect", "per_task", {"cola": {"stepz": 9}}), "collect.per_task.cola.stepz"),
     (_edit("collect", "per_task", {"cola": {"steps": "many"}}), "collect.per_task.cola.steps: expected int"),
     (_edit("collect", "per_task", {"cola": {"steps": 1}}), "collect.per_task.cola: keep_last"),
+    (_edit("conditions", "bare_draws", 2), "conditions.bare_draws"),
+    (_edit("mean_predictor", "condition_noise", -0.1), "mean_predictor.condition_noise"),
 ])
 def test_bad_params_name_the_key_in_one_line(tmp_path, tree, names):
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")) as error:

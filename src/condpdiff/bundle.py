@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from condpdiff.artifacts import GeneratorFiles
-from condpdiff.conditions import MiniLMTextEncoder
+from condpdiff.conditions import MiniLMTextEncoder, request_text
 from condpdiff.config import BaseModelConfig, LoraConfig, Norm, Params
 from condpdiff.generator import load_generator
 from condpdiff.lora import Layout, base_model_path, build_peft_model, read_layouts, write_adapter
@@ -128,7 +128,7 @@ class GeneratorBundle:
             raise BundleError(f"no known task has num_labels={request.num_labels}: no layout for its head")
         if self._encoder is None:
             self._encoder = MiniLMTextEncoder(self.base)
-        text = " ".join([request.description.strip(), *(f"Example: {e}." for e in request.examples or [])])
+        text = request_text(request.description, request.examples)
         return self._encoder.encode([text])[0], stats_index, self.layouts[same_head[0]], request.num_labels
 
     def check(self, request: Request) -> tuple[torch.Tensor, int | None, Layout, int]:

@@ -14,8 +14,9 @@ from condpdiff.glue import Example
 
 
 def read_descriptions(path: Path) -> dict[str, dict]:
-    """{task: {"descriptions": [str, ...], "labels": [str, ...] | None}}; the first description is the
-    task's own, the others are the wordings that condition-diverse training may draw."""
+    """{task: {"descriptions": [str, ...], "labels": [str, ...] | None, "label_sets": [[str, ...], ...]}};
+    the first description and `labels` are the task's own; the other descriptions, and the other label
+    words in `label_sets` (optional), are what condition-diverse training may draw."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"task description file missing: {path}")
     tasks = yaml.safe_load(Path(path).read_text())
@@ -23,6 +24,11 @@ def read_descriptions(path: Path) -> dict[str, dict]:
         wordings = entry.get("descriptions") if isinstance(entry, dict) else None
         if not isinstance(wordings, list) or not wordings or not all(isinstance(w, str) and w.strip() for w in wordings):
             raise ValueError(f"{path}: task {task!r} needs `descriptions`, a non-empty list of non-empty strings")
+        labels, label_sets = entry.get("labels"), entry.get("label_sets", [])
+        if label_sets and (labels is None or not isinstance(label_sets, list)
+                           or any(not isinstance(s, list) or len(s) != len(labels) for s in label_sets)):
+            raise ValueError(f"{path}: task {task!r}: `label_sets` must be a list of label lists, each as long "
+                             f"as `labels`")
     return tasks
 
 
@@ -46,11 +52,17 @@ def format_example(example: Example, labels: list[str] | None) -> str:
 def condition_text(
     description: str, labels: list[str] | None, train: list[Example], examples: int, seed: int
 ) -> str:
-    """The description, plus `examples` training examples drawn by seed (text_fewshot)."""
+    """The description, plus `examples` training examples drawn by seed (text_fewshot), their answers
+    written with `labels` (None: the number, for regression)."""
     if examples == 0:
         return description
     drawn = random.Random(seed).sample(train, examples)
     return " ".join([description, *(format_example(e, labels) for e in drawn)])
+
+
+def request_text(description: str, examples: list[str] | None) -> str:
+    """A user's condition as one text: their description, then each `text -> label` example."""
+    return " ".join([description.strip(), *(f"Example: {e}." for e in examples or [])])
 
 
 class MiniLMTextEncoder:
@@ -123,6 +135,17 @@ def build_conditions(
     if cfg.type in (ConditionType.onehot, ConditionType.learned):
         ids = torch.eye(len(tasks))
         return Conditions(ids, ids[:, None, :], [f"{cfg.type.value}:{t}" for t in tasks], cfg.type.value)
+    texts = bank_texts(cfg, tasks, train, seed)
+    encoder = make_text_encoder(cfg, base)
+    bank = encoder.encode(texts).reshape(len(tasks), cfg.wordings * cfg.draws, -1)
+    per_task = cfg.wordings * cfg.draws
+    return Conditions(bank[:, 0].clone(), bank, texts[::per_task], encoder.name)
+
+
+def bank_texts(cfg: ConditionsConfig, tasks: list[str], train: dict[str, list[Example]], seed: int) -> list[str]:
+    """The text of every bank row, task-major: per task, `wordings` descriptions x `draws` few-shot draws.
+    Draw d writes its answers with `draw_labels(entry, d)`; the last `bare_draws` draws are the
+    description alone (a user who gives no examples)."""
     descriptions = read_descriptions(Path(cfg.descriptions))
     missing = [t for t in tasks if t not in descriptions]
     if missing:
@@ -132,14 +155,21 @@ def build_conditions(
         raise ValueError(f"conditions.wordings={cfg.wordings}, but {cfg.descriptions} has fewer descriptions "
                          f"for {short}")
     examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
-    texts = [
-        condition_text(wording, descriptions[t].get("labels"), train[t], examples, seed=draw_seed(seed, t, d))
+    plain_from = cfg.draws - cfg.bare_draws
+    return [
+        condition_text(wording, draw_labels(descriptions[t], d), train[t], examples if d < plain_from else 0,
+                       seed=draw_seed(seed, t, d))
         for t in tasks for wording in descriptions[t]["descriptions"][:cfg.wordings] for d in range(cfg.draws)
     ]
-    encoder = make_text_encoder(cfg, base)
-    bank = encoder.encode(texts).reshape(len(tasks), cfg.wordings * cfg.draws, -1)
-    per_task = cfg.wordings * cfg.draws
-    return Conditions(bank[:, 0].clone(), bank, texts[::per_task], encoder.name)
+
+
+def draw_labels(entry: dict, draw: int) -> list[str] | None:
+    """The label words of few-shot draw `draw`: the task's own `labels` for draw 0 (the one generation
+    uses), then each of `label_sets` in turn, so training sees answers written as users write them."""
+    if entry.get("labels") is None:
+        return None
+    choices = [entry["labels"], *entry.get("label_sets", [])]
+    return choices[draw % len(choices)]
 
 
 def draw_seed(seed: int, task: str, draw: int) -> int:

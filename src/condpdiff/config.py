@@ -122,6 +122,7 @@ class ConditionsConfig:
     examples: int
     wordings: int  # training draws from the task's first `wordings` descriptions
     draws: int  # few-shot example draws per wording, in training
+    bare_draws: int  # of the draws, the last `bare_draws` carry the description alone (no examples)
     encoder: str  # "minilm" (offline) or "open_clip" (needs clip_weights, a local file)
     clip_model: str
     clip_weights: Optional[str]
@@ -136,6 +137,7 @@ class MeanPredictorConfig:
     batch_size: int
     lr: float
     weight_decay: float
+    condition_noise: float  # std of Gaussian noise on the unit condition vector in training (0: none)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,12 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
                         ("mean_predictor.batch_size", params.mean_predictor.batch_size)):
         if value < 1:
             raise ConfigError(f"{path}: {name} must be >= 1, got {value}")
+    if not 0 <= params.conditions.bare_draws < params.conditions.draws:
+        raise ConfigError(f"{path}: conditions.bare_draws must be in [0, conditions.draws): draw 0 keeps its "
+                          f"examples, got {params.conditions.bare_draws} with draws={params.conditions.draws}")
+    if params.mean_predictor.condition_noise < 0:
+        raise ConfigError(f"{path}: mean_predictor.condition_noise must be >= 0, "
+                          f"got {params.mean_predictor.condition_noise}")
     if params.norm is Norm.cond and params.conditions.type in (ConditionType.onehot, ConditionType.learned):
         raise ConfigError(f"{path}: norm=cond predicts each task's mean from its condition text; "
                           f"conditions.type={params.conditions.type.value} is a task id, not a condition")

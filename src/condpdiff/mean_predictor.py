@@ -47,7 +47,10 @@ def fit_mean_predictor(cfg: MeanPredictorConfig, bank: torch.Tensor, targets: to
                        on_step: Callable[[int, dict], None] | None = None) -> MeanPredictor:
     """bank (T, B, D): each task's condition variants; targets (T, L): each task's mean in global z units.
 
-    Every step draws a batch of (task, variant) pairs; the loss is the MSE to the task's mean.
+    Every step draws a batch of (task, variant) pairs; the loss is the MSE to the task's mean. With
+    `cfg.condition_noise` > 0 each drawn condition is moved by Gaussian noise of that std and put back
+    on the unit sphere the encoder writes to, so the whole neighbourhood of a wording maps to its task's
+    mean, not the wording alone: a user's text lands between the wordings training saw.
     torch is seeded right before the network is built (the generator's one seeding rule).
     """
     torch.manual_seed(seed)
@@ -59,7 +62,11 @@ def fit_mean_predictor(cfg: MeanPredictorConfig, bank: torch.Tensor, targets: to
     for step in tqdm(range(1, cfg.steps + 1), desc="mean predictor", leave=False):
         tasks = torch.randint(0, bank.shape[0], (cfg.batch_size,), generator=generator)
         variants = torch.randint(0, bank.shape[1], (cfg.batch_size,), generator=generator)
-        loss = F.mse_loss(model(bank[tasks, variants]), targets[tasks])
+        conditions = bank[tasks, variants]
+        if cfg.condition_noise > 0:
+            noise = torch.randn(conditions.shape, generator=generator) * cfg.condition_noise
+            conditions = F.normalize(conditions + noise, dim=-1)
+        loss = F.mse_loss(model(conditions), targets[tasks])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"mean predictor loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

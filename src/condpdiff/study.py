@@ -284,7 +284,9 @@ COLUMNS = (  # (column, key in `average`): the study table
 
 def row_setup(flat: dict) -> str:
     """What the row's generator was, read from the params it recorded (the defaults changed over time)."""
-    return (f"norm={flat['norm']}, {flat['conditions.wordings']}x{flat['conditions.draws']} conditions, "
+    bare, noise = flat.get("conditions.bare_draws", 0), flat.get("mean_predictor.condition_noise", 0.0)
+    extras = (f" ({bare} bare)" if bare else "") + (f", condition noise {noise}" if noise else "")
+    return (f"norm={flat['norm']}, {flat['conditions.wordings']}x{flat['conditions.draws']} conditions{extras}, "
             f"{flat['diffusion.prediction']}, {flat['diffusion.conditioning']}")
 
 

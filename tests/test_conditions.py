@@ -1,0 +1,57 @@
+"""The condition bank's texts (wordings x few-shot draws, other label words, bare descriptions) and the
+mean predictor's training noise."""
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from condpdiff.conditions import bank_texts, condition_text, draw_seed, read_descriptions
+from condpdiff.config import load_params
+from condpdiff.glue import Example
+from condpdiff.mean_predictor import fit_mean_predictor
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [Example(f"sentence {i}", None, float(i % 2)) for i in range(20)]
+
+
+def _descriptions(tmp_path: Path, entry: dict) -> Path:
+    path = tmp_path / "descriptions.yaml"
+    path.write_text(yaml.safe_dump({"sst2": entry}))
+    return path
+
+
+def test_draws_write_other_label_words_and_the_last_ones_are_bare(tmp_path):
+    entry = {"descriptions": ["first wording", "second wording"], "labels": ["negative", "positive"],
+             "label_sets": [["boo", "yay"]]}
+    cfg = replace(load_params(REPO / "params.yaml").conditions, descriptions=str(_descriptions(tmp_path, entry)),
+                  wordings=2, draws=3, bare_draws=1, examples=2)
+    texts = bank_texts(cfg, ["sst2"], {"sst2": TRAIN}, seed=0)
+    assert len(texts) == 2 * 3
+    assert texts[0] == condition_text("first wording", ["negative", "positive"], TRAIN, 2, draw_seed(0, "sst2", 0))
+    assert {"yay", "boo"} & set(texts[1].replace(".", " ").split())
+    assert not {"negative", "positive"} & set(texts[1].replace(".", " ").split())
+    assert texts[2] == "first wording" and texts[5] == "second wording"
+    assert texts[3].startswith("second wording Example: ")
+
+
+def test_label_sets_must_match_the_labels(tmp_path):
+    path = _descriptions(tmp_path, {"descriptions": ["a"], "labels": ["no", "yes"], "label_sets": [["one"]]})
+    with pytest.raises(ValueError, match="sst2.*label_sets"):
+        read_descriptions(path)
+
+
+def test_condition_noise_is_applied_and_seeded():
+    cfg = replace(load_params(REPO / "profiles" / "tiny.yaml").mean_predictor, hidden=16, steps=20, batch_size=8)
+    bank = torch.nn.functional.normalize(torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    targets = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    query = bank[:, 0]
+
+    def fitted(noise: float) -> torch.Tensor:
+        model = fit_mean_predictor(replace(cfg, condition_noise=noise), bank, targets, seed=0)
+        with torch.no_grad():
+            return model(query)
+
+    assert torch.equal(fitted(0.1), fitted(0.1))
+    assert not torch.allclose(fitted(0.1), fitted(0.0))
