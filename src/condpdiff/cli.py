@@ -113,6 +113,33 @@ def _describe(args) -> None:
     print(out.with_suffix(".md").read_text())
 
 
+def _probe(args) -> None:
+    import json
+
+    import mlflow
+
+    from condpdiff.conditions import read_rewordings
+    from condpdiff.config import load_params
+    from condpdiff.freetext import read_free_conditions
+    from condpdiff.probe import render_probe_table, run_probe
+    from condpdiff.tracking import stage_run
+
+    params = load_params(args.params, tuple(args.set))
+    rewordings = read_rewordings(Path(args.rewordings)) if args.rewordings else None
+    free = {Path(path).stem: read_free_conditions(Path(path)) for path in args.free}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with stage_run("probe", params, row=args.name, overrides=" ".join(args.set)) as run:
+        sets = run_probe(params, params.data.tasks, Path(args.prepared), Path(args.corpus), rewordings, free)
+        (out / f"{args.name}.json").write_text(json.dumps({"sets": sets, "overrides": args.set,
+                                                           "run_id": run.info.run_id}, indent=1))
+        mlflow.log_metrics({f"{name}_{key}": value[key] for name, value in sets.items()
+                            for key in ("relative_mean", "relative_max", "nearest")})
+    rows = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))}
+    (out / "probe.md").write_text(render_probe_table(rows))
+    print((out / "probe.md").read_text())
+
+
 def _loto(args) -> None:
     import json
 
@@ -211,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     describe.add_argument("--seed", type=int, default=0)
     describe.add_argument("--out", default="reports/conditional/new_user", help="writes <out>.md and <out>.json")
     describe.set_defaults(run=_describe)
+    probe = commands.add_parser("probe", help="where the mean predictor puts unseen wordings, in weight space "
+                                              "(minutes; a proxy that picks which condition recipe to study)")
+    probe.add_argument("name", help="the row's name: <out>/<name>.json")
+    probe.add_argument("-S", "--set", action="append", default=[], help="key=value over params.yaml (repeatable)")
+    probe.add_argument("--params", default="params.yaml")
+    probe.add_argument("--prepared", default="outputs/prepared")
+    probe.add_argument("--corpus", default="outputs/corpus")
+    probe.add_argument("--rewordings", default="data/task_rewordings.yaml")
+    probe.add_argument("--free", nargs="*", default=["data/new_user_conditions.yaml"],
+                       help="free-condition YAMLs (describe's format); each is one set, named by its file")
+    probe.add_argument("--out", default="reports/conditional/probe")
+    probe.set_defaults(run=_probe)
     loto = commands.add_parser("loto", help="leave-one-task-out: generate for each task from a generator trained "
                                             "on the others (norm=cond)")
     loto.add_argument("-S", "--set", action="append", default=[], help="key=value over params.yaml (repeatable)")
