@@ -24,3 +24,11 @@ def test_missing_file_and_the_shipped_file(tmp_path):
     shipped = read_free_conditions("data/new_user_conditions.yaml")
     assert sorted(shipped) == ["cola", "mrpc", "qnli", "rte", "sst2", "stsb"]
     assert all(len(entries) == 3 and entries[2]["examples"] for entries in shipped.values())
+
+
+@pytest.mark.parametrize("uri, version", [("models:/condpdiff-generator/3", "3"), ("runs:/abc123/generator", "not registered"),
+                                          ("outputs/registry/model", "not registered")])
+def test_describe_names_the_registry_version_only_of_a_registry_uri(uri, version):
+    from condpdiff.cli import registry_version
+
+    assert registry_version(uri) == version

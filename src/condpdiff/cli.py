@@ -83,6 +83,19 @@ def _study(args) -> None:
     print((out / "study.md").read_text())
 
 
+def registry_version(uri: str) -> str:
+    """The registry version a model URI names: `models:/name@alias` (looked up), `models:/name/3`; any
+    other URI (runs:/, a path) is not a registry version and says so."""
+    import mlflow
+
+    if not uri.startswith("models:/"):
+        return "not registered"
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if alias:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    return name.rpartition("/")[2]
+
+
 def _describe(args) -> None:
     import json
 
@@ -96,9 +109,7 @@ def _describe(args) -> None:
     params = load_params(args.params)
     conditions = read_free_conditions(Path(args.conditions))
     with stage_run("describe", params, model=args.model, conditions=args.conditions) as run:
-        name, _, alias = args.model.removeprefix("models:/").partition("@")
-        client = mlflow.MlflowClient()
-        version = client.get_model_version_by_alias(name, alias).version if alias else name.rpartition("/")[2]
+        version = registry_version(args.model)
         bundle = mlflow.pyfunc.load_model(args.model).unwrap_python_model().bundle
         result = score_free_conditions(bundle, conditions, Path(args.prepared), args.samples, args.seed)
         result.update(model=args.model, version=version, samples=args.samples, seed=args.seed, run_id=run.info.run_id,
