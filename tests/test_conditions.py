@@ -55,3 +55,22 @@ def test_condition_noise_is_applied_and_seeded():
 
     assert torch.equal(fitted(0.1), fitted(0.1))
     assert not torch.allclose(fitted(0.1), fitted(0.0))
+
+
+def test_no_training_wording_nearly_copies_a_held_out_one():
+    """The held-out rewordings and the new-user test set must stay unseen: no training description may sit
+    closer than 0.9 cosine (MiniLM) to any of them (a near-copy read 0.96; honest paraphrases stay under 0.9)."""
+    from condpdiff.conditions import MiniLMTextEncoder, read_rewordings
+    from condpdiff.freetext import read_free_conditions
+
+    params = load_params(REPO / "params.yaml")
+    training = read_descriptions(REPO / params.conditions.descriptions)
+    rewordings = read_rewordings(REPO / "data" / "task_rewordings.yaml")
+    test_set = read_free_conditions(REPO / "data" / "new_user_conditions_2.yaml")
+    encoder = MiniLMTextEncoder(params.base)
+    for task, entry in training.items():
+        held = rewordings[task] + [e["description"] for e in test_set[task]]
+        similarity = encoder.encode(entry["descriptions"]) @ encoder.encode(held).T
+        worst = int(similarity.argmax())
+        row, column = divmod(worst, len(held))
+        assert similarity.max() < 0.9, f"{task}: {entry['descriptions'][row]!r} ~ {held[column]!r}"

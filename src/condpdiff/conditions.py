@@ -163,6 +163,14 @@ def bank_texts(cfg: ConditionsConfig, tasks: list[str], train: dict[str, list[Ex
     ]
 
 
+def held_out_texts(cfg: ConditionsConfig, entry: dict, task: str, wordings: list[str], train: list[Example],
+                   seed: int) -> list[str]:
+    """Wordings training never read, as generation reads a condition: each with few-shot draw 0's
+    examples, in the task's own label words (`entry` is the task's descriptions entry)."""
+    examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
+    return [condition_text(w, entry.get("labels"), train, examples, seed=draw_seed(seed, task, 0)) for w in wordings]
+
+
 def draw_labels(entry: dict, draw: int) -> list[str] | None:
     """The label words of few-shot draw `draw`: the task's own `labels` for draw 0 (the one generation
     uses), then each of `label_sets` in turn, so training sees answers written as users write them."""

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from condpdiff.artifacts import LAYOUTS, split_file
-from condpdiff.conditions import (build_conditions, condition_text, draw_seed, make_text_encoder, read_descriptions,
-                                  request_text)
+from condpdiff.conditions import build_conditions, held_out_texts, make_text_encoder, read_descriptions, request_text
 from condpdiff.config import ConditionType, Norm, Params
 from condpdiff.corpus import stack_corpus
 from condpdiff.glue import read_jsonl
@@ -35,10 +34,8 @@ def probe_texts(params: Params, tasks: list[str], train: dict, rewordings: dict[
     sets = {}
     if rewordings is not None:
         descriptions = read_descriptions(Path(params.conditions.descriptions))
-        examples = params.conditions.examples if params.conditions.type is ConditionType.text_fewshot else 0
-        sets["rewordings"] = {t: [condition_text(w, descriptions[t].get("labels"), train[t], examples,
-                                                 seed=draw_seed(params.seed, t, 0)) for w in rewordings[t]]
-                              for t in tasks if t in rewordings}
+        sets["rewordings"] = {t: held_out_texts(params.conditions, descriptions[t], t, rewordings[t], train[t],
+                                                params.seed) for t in tasks if t in rewordings}
     for name, conditions in free.items():
         sets[name] = {t: [request_text(e["description"], e.get("examples")) for e in conditions[t]]
                       for t in tasks if t in conditions}

@@ -30,7 +30,7 @@ import torch
 from condpdiff.artifacts import LAYOUTS, ORIGINALS, split_file, task_corpus_file
 from condpdiff.autoencoder import encode_latents
 from condpdiff.baselines import head_only
-from condpdiff.conditions import (build_conditions, condition_text, draw_seed, make_text_encoder, read_descriptions,
+from condpdiff.conditions import (build_conditions, held_out_texts, make_text_encoder, read_descriptions,
                                   read_rewordings)
 from condpdiff.config import ConditionType, Norm, Params
 from condpdiff.corpus import load_task_corpus, pad_to, spaced_indices, stack_corpus
@@ -161,7 +161,6 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
             raise ValueError(f"rewordings need a text condition, not {params.conditions.type.value}")
         encoder = make_text_encoder(params.conditions, params.base)
         labels_of = read_descriptions(Path(params.conditions.descriptions))
-        examples = params.conditions.examples if params.conditions.type is ConditionType.text_fewshot else 0
     results = {}
     for i, task in enumerate(tasks):
         layout, length = layouts[task], layouts[task].length
@@ -209,8 +208,7 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
             score("head_only", head_only(params, scorer, train[task], init)[None])
             score("base", torch.where(lora_mask, torch.zeros_like(head), head)[None])
         if held_out is not None:
-            texts = [condition_text(w, labels_of[task].get("labels"), train[task], examples,
-                                    seed=draw_seed(params.seed, task, 0)) for w in held_out[task]]
+            texts = held_out_texts(params.conditions, labels_of[task], task, held_out[task], train[task], params.seed)
             values = []
             for text, condition in zip(texts, encoder.encode(texts)):
                 vectors = generator.generate(condition, stats, **{**common, "samples": reworded_samples})
