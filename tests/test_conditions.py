@@ -16,19 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = [Example(f"sentence {i}", None, float(i % 2)) for i in range(20)]
 
 
-def _descriptions(tmp_path: Path, entry: dict) -> Path:
+def _descriptions(tmp_path: Path, entry: dict, **others: dict) -> Path:
     path = tmp_path / "descriptions.yaml"
-    path.write_text(yaml.safe_dump({"sst2": entry}))
+    path.write_text(yaml.safe_dump({"sst2": entry, **others}))
     return path
 
 
 def test_draws_write_other_label_words_and_the_last_ones_are_bare(tmp_path):
     entry = {"descriptions": ["first wording", "second wording"], "labels": ["negative", "positive"],
              "label_sets": [["boo", "yay"]]}
-    cfg = replace(load_params(REPO / "params.yaml").conditions, descriptions=str(_descriptions(tmp_path, entry)),
-                  wordings=2, draws=3, bare_draws=1, examples=2)
-    texts = bank_texts(cfg, ["sst2"], {"sst2": TRAIN}, seed=0)
-    assert len(texts) == 2 * 3
+    cola = {"descriptions": ["cola first", "cola second"], "labels": ["unacceptable", "acceptable"]}
+    path = _descriptions(tmp_path, entry, cola=cola)
+    cfg = replace(load_params(REPO / "params.yaml").conditions, descriptions=str(path), wordings=2, draws=3,
+                  bare_draws=1, examples=2)
+    texts = bank_texts(cfg, ["sst2", "cola"], {"sst2": TRAIN, "cola": TRAIN}, seed=0)
+    assert len(texts) == 2 * 2 * 3  # task-major, then wording, then draw: the bank's (T, W x D) reshape
+    assert texts[6].startswith("cola first Example: ") and texts[11] == "cola second"
     assert texts[0] == condition_text("first wording", ["negative", "positive"], TRAIN, 2, draw_seed(0, "sst2", 0))
     assert {"yay", "boo"} & set(texts[1].replace(".", " ").split())
     assert not {"negative", "positive"} & set(texts[1].replace(".", " ").split())

@@ -32,3 +32,17 @@ def test_describe_names_the_registry_version_only_of_a_registry_uri(uri, version
     from condpdiff.cli import registry_version
 
     assert registry_version(uri) == version
+
+
+def test_describe_reads_an_alias_from_the_registry(monkeypatch):
+    import mlflow
+
+    from condpdiff.cli import registry_version
+
+    class Client:
+        def get_model_version_by_alias(self, name, alias):
+            assert (name, alias) == ("condpdiff-generator", "candidate")
+            return type("Version", (), {"version": "7"})()
+
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    assert registry_version("models:/condpdiff-generator@candidate") == "7"

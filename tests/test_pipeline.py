@@ -211,11 +211,12 @@ def test_study_and_leave_one_task_out_run_on_the_tiny_corpus(tiny_repo):
 def test_probe_places_unseen_wordings_on_the_tiny_corpus(tiny_repo):
     """The weight-space proxy on a real (tiny) corpus: every set is scored, each value is finite, and the own
     condition, which training saw, lands nearer its task's mean than anything else."""
-    _run(tiny_repo, sys.executable, "-m", "condpdiff", "probe", "tiny", "--free", "data/new_user_conditions.yaml",
-         "--out", "outputs/probe")
+    _run(tiny_repo, sys.executable, "-m", "condpdiff", "probe", "tiny", "-S", "mean_predictor.steps=300",
+         "--free", "data/new_user_conditions.yaml", "--out", "outputs/probe")
     sets = json.loads((tiny_repo / "outputs" / "probe" / "tiny.json").read_text())["sets"]
     assert set(sets) == {"own", "rewordings", "new_user_conditions"}
     assert sets["own"]["count"] == 2 and sets["rewordings"]["count"] == 8 and sets["new_user_conditions"]["count"] == 6
     assert _finite({k: v["relative_mean"] for k, v in sets.items()})
-    assert sets["own"]["nearest"] == 1.0 and sets["own"]["relative_max"] < 0.5
-    assert "| tiny | none |" in (tiny_repo / "outputs" / "probe" / "probe.md").read_text()
+    assert sets["own"]["nearest"] == 1.0 and sets["own"]["relative_max"] < 0.3  # 0.5: a predictor that never moved
+    assert "| tiny | norm=cond, 2x2 conditions (1 bare), condition noise 0.05," in \
+        (tiny_repo / "outputs" / "probe" / "probe.md").read_text()

@@ -86,12 +86,12 @@ def _study(args) -> None:
 def registry_version(uri: str) -> str:
     """The registry version a model URI names: `models:/name@alias` (looked up), `models:/name/3`; any
     other URI (runs:/, a path) is not a registry version and says so."""
-    import mlflow
-
     if not uri.startswith("models:/"):
         return "not registered"
     name, _, alias = uri.removeprefix("models:/").partition("@")
     if alias:
+        import mlflow
+
         return mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
     return name.rpartition("/")[2]
 
@@ -130,7 +130,7 @@ def _probe(args) -> None:
     import mlflow
 
     from condpdiff.conditions import read_rewordings
-    from condpdiff.config import load_params
+    from condpdiff.config import flatten_dict, load_params, params_to_dict
     from condpdiff.freetext import read_free_conditions
     from condpdiff.probe import render_probe_table, run_probe
     from condpdiff.tracking import stage_run
@@ -142,11 +142,11 @@ def _probe(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with stage_run("probe", params, row=args.name, overrides=" ".join(args.set)) as run:
         sets = run_probe(params, params.data.tasks, Path(args.prepared), Path(args.corpus), rewordings, free)
-        (out / f"{args.name}.json").write_text(json.dumps({"sets": sets, "overrides": args.set,
-                                                           "run_id": run.info.run_id}, indent=1))
+        (out / f"{args.name}.json").write_text(json.dumps({"sets": sets, "overrides": args.set, "run_id": run.info.run_id,
+                                                           "params": flatten_dict(params_to_dict(params))}, indent=1))
         mlflow.log_metrics({f"{name}_{key}": value[key] for name, value in sets.items()
                             for key in ("relative_mean", "relative_max", "nearest")})
-    rows = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))}
+    rows = {path.stem: row for path in sorted(out.glob("*.json")) if "sets" in (row := json.loads(path.read_text()))}
     (out / "probe.md").write_text(render_probe_table(rows))
     print((out / "probe.md").read_text())
 

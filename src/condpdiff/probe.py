@@ -7,7 +7,8 @@ decided by where the mean predictor puts it. For a condition c of task t the pro
     relative error = ||m(c) - m_t|| / min_{s != t} ||m_t - m_s||      (weight space)
 
 0 is the task's own mean; 0.5 is half way to the nearest other task's; `nearest` is the share of
-conditions whose prediction is closest to their own task's mean. Only the mean predictor is trained (on
+conditions whose prediction is closest to their own task's mean. Distances run over the whole padded
+vector (LoRA, head and the padding of shorter heads), the space the mean predictor writes. Only the mean predictor is trained (on
 the same bank and corpus as the generator), so one probe row costs about two minutes here; it picks
 which condition recipe is worth a full study, and never replaces the study's task metric.
 """
@@ -24,6 +25,7 @@ from condpdiff.corpus import stack_corpus
 from condpdiff.glue import read_jsonl
 from condpdiff.lora import read_layouts
 from condpdiff.normalize import fit_normalizer
+from condpdiff.study import row_setup
 from condpdiff.training import fit_condition_mean
 
 
@@ -39,13 +41,15 @@ def probe_texts(params: Params, tasks: list[str], train: dict, rewordings: dict[
     for name, conditions in free.items():
         sets[name] = {t: [request_text(e["description"], e.get("examples")) for e in conditions[t]]
                       for t in tasks if t in conditions}
-    return sets
+    return {name: texts for name, texts in sets.items() if texts}  # a file with none of the tasks: no set
 
 
 def run_probe(params: Params, tasks: list[str], prepared: Path, corpus_dir: Path,
               rewordings: dict[str, list[str]] | None, free: dict[str, dict[str, list[dict]]]) -> dict:
     if params.conditions.type not in (ConditionType.text, ConditionType.text_fewshot):
         raise ValueError(f"the probe reads text conditions, not conditions.type={params.conditions.type.value}")
+    if len(tasks) < 2:
+        raise ValueError(f"the probe measures against the nearest other task's mean: it needs two tasks, got {tasks}")
     _, padded_length, _ = read_layouts(corpus_dir / LAYOUTS)
     stacked, task_index = stack_corpus(corpus_dir, tasks, padded_length)
     train = {t: read_jsonl(split_file(prepared / t, "train")) for t in tasks}
@@ -80,13 +84,14 @@ def summarise(per_task: dict[str, list[tuple[float, bool]]]) -> dict:
 def render_probe_table(rows: dict[str, dict]) -> str:
     """One line per probe row: per condition set, mean and max relative error and the nearest share."""
     names = list(dict.fromkeys(s for row in rows.values() for s in row["sets"]))
-    lines = ["| row | overrides | " + " | ".join(f"{s} rel. error mean / max / nearest" for s in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+    lines = ["| row | generator | overrides | " + " | ".join(f"{s}: rel. error mean / max / nearest (n)" for s in names)
+             + " |", "|---|---|---|" + "---|" * len(names)]
     for name, row in rows.items():
         cells = []
         for s in names:
             v = row["sets"].get(s)
             cells.append("n/a" if v is None else
                          f"{v['relative_mean']:.3f} / {v['relative_max']:.3f} / {v['nearest']:.2f} ({v['count']})")
-        lines.append(f"| {name} | {' '.join(row['overrides']) or 'none'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {row_setup(row['params'])} | {' '.join(row['overrides']) or 'none'} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
