@@ -2,6 +2,7 @@
 condition-only generation (norm=cond) that reads no per-task tensor, and the study's statistics."""
 from dataclasses import replace
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -182,3 +183,12 @@ def test_other_targets_and_the_stronger_denoiser_land_on_the_named_cluster(predi
         samples = generator.generate(bank[k, 0], k, LENGTH, samples=8, sampler="ddim", inference_steps=20, seed=k,
                                      guidance=guidance)
         assert (_nearest(samples, centres) == k).float().mean() >= 0.875, f"cluster {k}: {_nearest(samples, centres)}"
+
+
+def test_study_table_skips_the_loto_and_describe_files_beside_it(tmp_path):
+    from condpdiff.study import study_rows
+
+    (tmp_path / "row.json").write_text(json.dumps({"tasks": {}, "params": {}, "average": {}}))
+    (tmp_path / "loto.json").write_text(json.dumps({"folds": [], "overrides": []}))
+    (tmp_path / "new_user.json").write_text(json.dumps({"tasks": {}, "average": {}, "run_id": "x"}))
+    assert list(study_rows(tmp_path)) == ["row"]

@@ -61,7 +61,7 @@ def _study(args) -> None:
     import mlflow
 
     from condpdiff.config import flatten_dict, load_params, params_to_dict
-    from condpdiff.study import render_study_table, run_study
+    from condpdiff.study import render_study_table, run_study, study_rows
     from condpdiff.tracking import stage_run
 
     params = load_params(args.params, tuple(args.set))
@@ -77,9 +77,7 @@ def _study(args) -> None:
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
         mlflow.log_metrics({k: float(v) for k, v in result["average"].items()})
         mlflow.log_artifact(str(out / f"{args.name}.json"))
-    rows = {path.stem: row for path in sorted(out.glob("*.json"))
-            if "average" in (row := json.loads(path.read_text()))}  # study rows; loto.json shares the folder
-    (out / "study.md").write_text(render_study_table(rows))
+    (out / "study.md").write_text(render_study_table(study_rows(out)))
     print((out / "study.md").read_text())
 
 

@@ -295,6 +295,13 @@ def row_corpus(flat: dict) -> str:
     return f"length-grouped ({groups})" if groups > 1 else "plain batches"
 
 
+def study_rows(folder: Path) -> dict[str, dict]:
+    """The study rows among the JSON files of `folder` ({name: row}): loto.json and describe's output
+    share the folder, and only a study row records both per-task scores and its params."""
+    return {path.stem: row for path in sorted(Path(folder).glob("*.json"))
+            if {"tasks", "params"} <= set(row := json.loads(path.read_text()))}
+
+
 def render_study_table(rows: dict[str, dict]) -> str:
     """Markdown: one line per study row (six-task averages, x100), then the per-task diagnostics."""
     lines = ["| row | generator | overrides | corpus | minutes | " + " | ".join(c for c, _ in COLUMNS) + " |",
