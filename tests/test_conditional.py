@@ -1,8 +1,8 @@
 """The condition carries the task: toy clusters a tiny generator must tell apart by condition alone,
 condition-only generation (norm=cond) that reads no per-task tensor, and the study's statistics."""
+import json
 from dataclasses import replace
 
-import json
 import numpy as np
 import pytest
 import torch
