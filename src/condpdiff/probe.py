@@ -8,9 +8,10 @@ decided by where the mean predictor puts it. For a condition c of task t the pro
 
 0 is the task's own mean; 0.5 is half way to the nearest other task's; `nearest` is the share of
 conditions whose prediction is closest to their own task's mean. Distances run over the whole padded
-vector (LoRA, head and the padding of shorter heads), the space the mean predictor writes. Only the mean predictor is trained (on
-the same bank and corpus as the generator), so one probe row costs about two minutes here; it picks
-which condition recipe is worth a full study, and never replaces the study's task metric.
+vector (LoRA, head and the padding of shorter heads), the space the mean predictor writes. Only the
+mean predictor is trained (on the same bank and corpus as the generator), so one probe row costs about
+two minutes here; it picks which condition recipe is worth a full study, and never replaces the
+study's task metric.
 """
 from __future__ import annotations
 
