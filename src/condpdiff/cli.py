@@ -130,7 +130,7 @@ def _probe(args) -> None:
     from condpdiff.conditions import read_rewordings
     from condpdiff.config import flatten_dict, load_params, params_to_dict
     from condpdiff.freetext import read_free_conditions
-    from condpdiff.probe import render_probe_table, run_probe
+    from condpdiff.probe import probe_rows, render_probe_table, run_probe
     from condpdiff.tracking import stage_run
 
     params = load_params(args.params, tuple(args.set))
@@ -144,8 +144,7 @@ def _probe(args) -> None:
                                                            "params": flatten_dict(params_to_dict(params))}, indent=1))
         mlflow.log_metrics({f"{name}_{key}": value[key] for name, value in sets.items()
                             for key in ("relative_mean", "relative_max", "nearest")})
-    rows = {path.stem: row for path in sorted(out.glob("*.json")) if "sets" in (row := json.loads(path.read_text()))}
-    (out / "probe.md").write_text(render_probe_table(rows))
+    (out / "probe.md").write_text(render_probe_table(probe_rows(out)))
     print((out / "probe.md").read_text())
 
 

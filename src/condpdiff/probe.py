@@ -15,6 +15,7 @@ study's task metric.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -80,6 +81,12 @@ def summarise(per_task: dict[str, list[tuple[float, bool]]]) -> dict:
     return {"relative_mean": sum(r for r, _ in every) / len(every), "relative_max": max(r for r, _ in every),
             "nearest": sum(n for _, n in every) / len(every), "count": len(every),
             "each": {t: [round(r, 4) for r, _ in pairs] for t, pairs in per_task.items()}}
+
+
+def probe_rows(folder: Path) -> dict[str, dict]:
+    """The probe rows among the JSON files of `folder` ({name: row})."""
+    return {path.stem: row for path in sorted(Path(folder).glob("*.json"))
+            if "sets" in (row := json.loads(path.read_text()))}
 
 
 def render_probe_table(rows: dict[str, dict]) -> str:
