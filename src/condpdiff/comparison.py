@@ -38,15 +38,19 @@ def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated
         eval_scores["generated_all_mean"], eval_scores["generated_all_std"] = mean_std(all_eval)
     own_values = [headline(task, m) for m in own_select]
     own_mean, own_std = mean_std(own_values)
+    trivial_values = [headline(task, m) for m in trivial_select]
     return {
         "select": {
             "generated_best": own_select[best_k], "generated_mean": own_mean, "generated_std": own_std,
             "original_best": original["best_select"],
             "soup": scorer.metrics(soup, select), "wrong_condition_task": wrong_task,
             "no_diffusion_best": trivial_select[trivial_k],
-            "no_diffusion_mean": mean_std([headline(task, m) for m in trivial_select])[0],
+            "no_diffusion_mean": mean_std(trivial_values)[0],
             "head_only": scorer.metrics(head_only, select),
             "wrong_condition_mean": mean_std(wrong_values)[0], "wrong_condition_best": max(wrong_values),
+            # every sample's headline, in sample order: what the figures plot against distance
+            "generated_values": own_values, "no_diffusion_values": trivial_values,
+            "wrong_condition_values": wrong_values,
         },
         "eval": eval_scores,
         "distance": {

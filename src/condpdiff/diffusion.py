@@ -137,11 +137,13 @@ def sample_latents(
     inference_steps: int,
     seed: int,
     guidance: float = 1.0,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """condition (B, D) -> latents (B, C, L). The same seed gives the same latents.
 
     `guidance` w != 1 mixes the conditional and the null-condition predictions (classifier-free
-    guidance): uncond + w * (cond - uncond); w = 1 is the conditional model alone."""
+    guidance): uncond + w * (cond - uncond); w = 1 is the conditional model alone. `on_step(t, x)`
+    sees the latents after each step from timestep t (the sampling trajectory); it draws nothing."""
     scheduler_class = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     scheduler = scheduler_class.from_config(scheduler_config)
     scheduler.set_timesteps(inference_steps)
@@ -154,6 +156,8 @@ def sample_latents(
             unconditional = model(x, steps, torch.zeros_like(condition))
             prediction = unconditional + guidance * (prediction - unconditional)
         x = scheduler.step(prediction, t, x, generator=generator).prev_sample
+        if on_step is not None:
+            on_step(int(t), x)
     return x
 
 

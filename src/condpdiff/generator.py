@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -49,24 +50,33 @@ class Generator:
         return self.normalizer.inverse(normalized, torch.full((len(normalized),), stats_index, dtype=torch.long))
 
     @torch.inference_mode()
+    def to_weights(self, latents: torch.Tensor, condition: torch.Tensor, stats_index: int | None,
+                   length: int) -> torch.Tensor:
+        """(K, C, L') unit-variance latents -> (K, length) vectors in weight space: decode, de-normalize,
+        drop the zero padding."""
+        normalized = self.autoencoder.decode(latents * self.latent_scale)
+        return self.denormalize(normalized, condition, stats_index)[:, :length].contiguous()
+
+    @torch.inference_mode()
     def generate(
         self, condition: torch.Tensor, stats_index: int | None, length: int, samples: int,
         sampler: str, inference_steps: int, seed: int, guidance: float = 1.0,
+        on_step: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """condition (D,) -> (samples, length) vectors in weight space.
 
         `stats_index` picks the task whose normalization statistics undo the normalization; under
         norm=cond it is ignored (the condition alone decides). `length` is the task's real layout
         length (the zero padding is dropped). `guidance`: the classifier-free guidance scale.
+        `on_step(t, latents)` sees the sampling trajectory (`to_weights` decodes it).
         """
         conditions = condition[None, :].expand(samples, -1)
         latents = sample_latents(self.denoiser, self.scheduler_config, conditions, self.autoencoder.spec.latent_shape,
-                                 sampler, inference_steps, seed, guidance)
-        normalized = self.autoencoder.decode(latents * self.latent_scale)
-        vectors = self.denormalize(normalized, condition, stats_index)[:, :length]
+                                 sampler, inference_steps, seed, guidance, on_step)
+        vectors = self.to_weights(latents, condition, stats_index, length)
         if not torch.isfinite(vectors).all():
             raise FloatingPointError("generated weights hold NaN or inf")
-        return vectors.contiguous()
+        return vectors
 
 
     @torch.inference_mode()

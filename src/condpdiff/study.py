@@ -124,8 +124,7 @@ def final_step_noise(generator: Generator, latents: torch.Tensor, condition: tor
     for t in FINAL_STEPS:
         abar, abar_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[t - 1]
         sigma = ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()  # DDPM's posterior std
-        decoded = [generator.denormalize(generator.autoencoder.decode(z * generator.latent_scale), condition,
-                                         stats_index)[:, :length] for z in (x0, x0 + sigma * noise)]
+        decoded = [generator.to_weights(z, condition, stats_index, length) for z in (x0, x0 + sigma * noise)]
         result[t] = (decoded[1] - decoded[0]).norm(dim=1).median().item()
     return result
 
