@@ -220,3 +220,37 @@ def test_probe_places_unseen_wordings_on_the_tiny_corpus(tiny_repo):
     assert sets["own"]["nearest"] == 1.0 and sets["own"]["relative_max"] < 0.3  # 0.5: a predictor that never moved
     assert "| tiny | norm=cond, 2x2 conditions (1 bare), condition noise 0.05," in \
         (tiny_repo / "outputs" / "probe" / "probe.md").read_text()
+
+
+def test_the_four_figures_build_from_the_tiny_run(tiny_repo):
+    """`figures` on the tiny run: each CSV has its rows and columns and finite values, each PNG exists, the loss
+    series are written, and the files are artifacts of the run that made them."""
+    from condpdiff.figures import read_csv
+
+    _run(tiny_repo, sys.executable, "-m", "condpdiff", "figures", "--points", "3", "--mix-points", "3",
+         "--out", "outputs/figures")
+    out = tiny_repo / "outputs" / "figures"
+    rows = {name: read_csv(out / f"{name}.csv") for name in ("similarity", "embedding", "trajectory", "interpolation")}
+    assert all((out / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in rows)
+
+    def finite(table, *columns):
+        return all(math.isfinite(float(r[c])) for r in table for c in columns)
+
+    # per task: 2 scored originals, K = 2 generated, K = 2 no-diffusion
+    assert [(r["task"], r["kind"]) for r in rows["similarity"]].count(("stsb", "original")) == 2
+    assert len(rows["similarity"]) == 2 * (2 + 2 + 2) and finite(rows["similarity"], "distance", "select")
+    assert len(rows["embedding"]) == 2 * (4 + 2 + 2) and {r["method"] for r in rows["embedding"]} == {"pca"}
+    assert finite(rows["embedding"], "x", "y")
+    path = [r for r in rows["trajectory"] if r["kind"] == "trajectory"]
+    assert len(path) == 2 * 3 and finite(path, "select", "to_soup", "to_corpus", "x", "y")
+    assert [r["kind"] for r in rows["trajectory"]].count("soup") == 2
+    assert set(rows["interpolation"][0]) == {"task", "pair", "partner", "l", "select"}
+    assert len(rows["interpolation"]) == 2 * 2 * 3 and finite(rows["interpolation"], "l", "select")
+    assert {r["partner"] for r in rows["interpolation"] if r["task"] == "sst2" and r["pair"] != "two generated"} \
+        == {"stsb"}
+    assert {"collect_sst2.csv", "autoencoder.csv", "diffusion.csv"} <= {p.name for p in (out / "losses").iterdir()}
+    client = mlflow.MlflowClient(_store(tiny_repo))
+    run = client.search_runs([client.get_experiment_by_name("condpdiff").experiment_id], "tags.stage = 'figures'")[0]
+    assert run.info.status == "FINISHED"
+    assert {"figures/similarity.png", "figures/trajectory.csv"} <= \
+        {a.path for a in client.list_artifacts(run.info.run_id, "figures")}

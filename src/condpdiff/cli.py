@@ -175,6 +175,46 @@ def _loto(args) -> None:
     print((out / "loto.md").read_text())
 
 
+def _figures(args) -> None:
+    import json
+    import time
+
+    import mlflow
+
+    from condpdiff.artifacts import SCORES, GeneratorFiles
+    from condpdiff.config import load_params
+    from condpdiff.figures import build_figures, export_losses
+    from condpdiff.tracking import stage_run
+
+    params = load_params(args.params)
+    tasks = args.tasks or params.data.tasks
+    unknown = sorted(set(tasks) - set(params.data.tasks))
+    if unknown:
+        raise ValueError(f"--tasks {unknown} are not in data.tasks {params.data.tasks}")
+    for name, value, least in (("--samples", args.samples, 1), ("--points", args.points, 2),
+                               ("--mix-points", args.mix_points, 2)):
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+    scores_path = Path(args.evaluation) / SCORES
+    if not scores_path.is_file():
+        raise FileNotFoundError(f"{scores_path} is missing: run `dvc repro` (the evaluate stage) first")
+    files = GeneratorFiles.from_outputs(Path(args.corpus), Path(args.normalized), Path(args.autoencoder),
+                                        Path(args.conditions), Path(args.diffusion))
+    out = Path(args.out)
+    with stage_run("figures", params) as run:
+        start = time.perf_counter()
+        pictures = build_figures(params, tasks, Path(args.prepared), Path(args.corpus), Path(args.generated),
+                                 json.loads(scores_path.read_text()), files, out, args.samples, args.points,
+                                 args.mix_points)
+        client = mlflow.MlflowClient()
+        losses = export_losses(client, run.info.experiment_id, params.data.tasks, out / "losses")
+        mlflow.log_metric("seconds", time.perf_counter() - start)
+        mlflow.log_artifacts(str(out), artifact_path="figures")
+    for name, path in pictures.items():
+        print(f"{name}: {path} (+ {path.with_suffix('.csv').name})")
+    print(f"{len(losses)} loss series in {out / 'losses'}; MLflow run {run.info.run_id}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m condpdiff")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     loto.add_argument("--folds", nargs="+", help="the held-out tasks (default: data.tasks)")
     loto.add_argument("--out", default="reports/conditional")
     loto.set_defaults(run=_loto)
+    figures = commands.add_parser("figures", help="the paper's analysis figures of the current run (PNG + CSV; "
+                                                  "minutes, outside `dvc repro`)")
+    figures.add_argument("--params", default="params.yaml")
+    for name in ("prepared", "corpus", "generated", "evaluation", "normalized", "autoencoder", "conditions",
+                 "diffusion"):
+        figures.add_argument(f"--{name}", default=f"outputs/{name}")
+    figures.add_argument("--tasks", nargs="+", help="the tasks drawn (default: data.tasks)")
+    figures.add_argument("--samples", type=int, default=1, help="sampling trajectories per task")
+    figures.add_argument("--points", type=int, default=10, help="decoded and scored steps per trajectory")
+    figures.add_argument("--mix-points", type=int, default=5, help="values of l per interpolation line")
+    figures.add_argument("--out", default="reports/figures")
+    figures.set_defaults(run=_figures)
     args = parser.parse_args(argv)
     try:
         args.run(args)

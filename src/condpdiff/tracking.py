@@ -96,3 +96,11 @@ def metric_logger(prefix: str = ""):
         mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
     return on_step
+
+
+def newest_finished_run(client, experiment_id: str, stage: str, **tags: str):
+    """The newest FINISHED run of `stage` whose tags match `tags` (collect: task=...), or None."""
+    query = " and ".join([f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'",
+                          *(f"tags.{key} = '{value}'" for key, value in tags.items())])
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None

@@ -1,0 +1,107 @@
+"""The analysis figures' data on tiny shapes: distances, projections, trajectories, LoRA mixing, loss export.
+The whole command runs on the tiny pipeline in test_pipeline.py."""
+import math
+
+import mlflow
+import pytest
+import torch
+
+from condpdiff.figures import (MIN_TSNE_POINTS, embedding_rows, export_losses, interpolation_rows, kept_steps,
+                               mix_lora, plot_similarity, read_csv, similarity_rows, trajectory_rows, write_csv)
+from test_generator import _generator
+
+
+def test_similarity_rows_measure_originals_against_the_other_checkpoints():
+    corpus = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 4.1]])
+    generated = torch.tensor([[0.0, 1.0], [6.0, 8.0]])
+    rows = similarity_rows("sst2", corpus, [10, 20, 30], {"20": 80.0, "10": 70.0}, generated, [60.0, 50.0],
+                           generated[:1], [40.0])
+    assert [(r["kind"], r["index"]) for r in rows] == [("original", 10), ("original", 20), ("generated", 0),
+                                                     ("generated", 1), ("no_diffusion", 0)]
+    assert rows[0]["distance"] == pytest.approx(5.0)  # step 10 -> its nearest other checkpoint, not itself
+    assert rows[1]["distance"] == pytest.approx(0.1) and rows[1]["select"] == 80.0
+    assert rows[3]["distance"] == pytest.approx(math.dist((6, 8), (3, 4.1)))
+    with pytest.raises(ValueError, match="2 generated vectors but 1 select scores"):
+        similarity_rows("sst2", corpus, [10, 20, 30], {}, generated, [60.0], generated, [1.0, 2.0])
+
+
+def test_embedding_says_which_projection_it_used():
+    torch.manual_seed(0)
+    few = embedding_rows("rte", {"original": torch.randn(8, 20), "generated": torch.randn(3, 20)}, seed=0)
+    assert {r["method"] for r in few} == {"pca"} and len(few) == 11
+    assert [r["kind"] for r in few].count("generated") == 3
+    many = embedding_rows("rte", {"original": torch.randn(MIN_TSNE_POINTS, 20), "generated": torch.randn(4, 20)}, 0)
+    assert {r["method"] for r in many} == {"tsne"} and all(math.isfinite(r["x"] + r["y"]) for r in many)
+
+
+def test_kept_steps_are_spaced_and_end_on_the_finished_sample():
+    timesteps = list(range(999, -1, -1))
+    kept = kept_steps(timesteps, 10)
+    assert len(kept) == 10 and kept[0] == 999 and kept[-1] == 0 and kept == sorted(kept, reverse=True)
+
+
+def test_trajectory_ends_on_the_generated_sample_and_scores_every_point():
+    length = 40
+    generator = _generator(length)
+    corpus = torch.randn(5, length) * 0.01
+    condition = torch.tensor([1.0, 0.0, 0.0])
+    calls = []
+    rows = trajectory_rows("sst2", generator, condition, 0, length, corpus, lambda v: calls.append(v) or 1.0,
+                           samples=2, points=4, sampler="ddim", inference_steps=6, seed=3)
+    path = [r for r in rows if r["kind"] == "trajectory"]
+    assert len(path) == 8 and len(calls) == 8
+    assert [r["kind"] for r in rows[:6]] == ["original"] * 5 + ["soup"]
+    final = generator.generate(condition, 0, length, 2, "ddim", 6, 3)
+    last = [r for r in path if r["position"] == 3]
+    assert torch.allclose(calls[3], final[0]) and torch.allclose(calls[7], final[1])  # sample-major order
+    assert len({r["timestep"] for r in last}) == 1 and last[0]["timestep"] < path[0]["timestep"]
+    assert all(math.isfinite(r["to_soup"]) and math.isfinite(r["x"]) for r in rows)
+
+
+def test_a_mixed_lora_keeps_the_target_head():
+    mask = torch.tensor([True, True, True, False, False])
+    target, other = torch.tensor([1.0, 1.0, 1.0, 5.0, 6.0]), torch.tensor([3.0, 3.0, 3.0, 9.0])
+    mixed = mix_lora(target, other, 0.25, mask)
+    assert mixed.tolist() == [1.5, 1.5, 1.5, 5.0, 6.0]
+    with pytest.raises(ValueError, match="LoRA entries first"):
+        mix_lora(target, other, 0.5, torch.tensor([False, True, True, True, False]))
+
+
+def test_interpolation_runs_between_the_two_best_samples():
+    generated = torch.tensor([[0.0, 0.0, 7.0], [2.0, 2.0, 7.0], [4.0, 4.0, 7.0]])
+    seen = []
+    rows = interpolation_rows("mrpc", generated, [1.0, 3.0, 2.0], "rte", torch.tensor([8.0, 8.0, 1.0]),
+                              torch.tensor([True, True, False]), lambda v: seen.append(v.tolist()) or 0.0, points=3)
+    assert [r["l"] for r in rows if r["pair"] == "two generated"] == [0.0, 0.5, 1.0]
+    assert seen[0] == [2.0, 2.0, 7.0] and seen[2] == [3.0, 3.0, 7.0] and seen[4] == [4.0, 4.0, 7.0]
+    assert seen[5] == [8.0, 8.0, 7.0]  # l = 1 on the other task's LoRA: its LoRA, mrpc's head
+    assert rows[1]["partner"] == "rte" and rows[0]["partner"] == "mrpc #2"
+
+
+def test_csv_round_trip_and_a_plot_file(tmp_path):
+    rows = [{"task": "sst2", "kind": "generated", "index": 0, "distance": 0.1, "select": 80.0},
+            {"task": "sst2", "kind": "original", "index": 5, "distance": 0.01, "select": 81.0}]
+    write_csv(rows, tmp_path / "s.csv")
+    assert read_csv(tmp_path / "s.csv")[1]["select"] == "81.0"
+    plot_similarity(read_csv(tmp_path / "s.csv"), tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no rows"):
+        write_csv([], tmp_path / "empty.csv")
+
+
+def test_loss_series_come_from_the_newest_finished_run_of_each_stage(tmp_path):
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("losses")
+    for value, status in ((5.0, "FINISHED"), (2.0, "FINISHED"), (9.0, "FAILED")):
+        run = client.create_run(experiment, tags={"stage": "autoencoder"})
+        for step in (50, 100):
+            client.log_metric(run.info.run_id, "ae_train_mse", value / step * 50, step=step)
+        client.set_terminated(run.info.run_id, status)
+    run = client.create_run(experiment, tags={"stage": "collect", "task": "sst2"})
+    client.log_metric(run.info.run_id, "train_loss", 0.7, step=1)
+    client.set_terminated(run.info.run_id)
+    written = export_losses(client, experiment, ["sst2", "rte"], tmp_path)
+    assert sorted(p.name for p in written) == ["autoencoder.csv", "collect_sst2.csv"]
+    rows = read_csv(tmp_path / "autoencoder.csv")
+    assert list(rows[0]) == ["run_id", "step", "ae_train_mse"]  # the loss last: dvc plots' default y
+    assert [float(r["ae_train_mse"]) for r in rows] == [2.0, 1.0]
