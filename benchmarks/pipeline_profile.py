@@ -1,0 +1,119 @@
+"""Pipeline profile: wall time per stage of the newest finished `dvc repro` runs (from MLflow), and where the
+time goes inside the two heaviest stages: a short fine-tune (collect) and one `select` scoring (evaluate),
+split into tokenization, the model's forward pass, the optimizer step and the rest (backward, batching).
+
+The split wraps the stage code from outside (the tokenizer call the stage makes, forward hooks, a global
+optimizer hook): the loops timed are the stages' own.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import torch
+
+import condpdiff.evaluation
+import condpdiff.finetune
+from condpdiff.artifacts import LAYOUTS, split_file
+from condpdiff.evaluation import task_scorer
+from condpdiff.finetune import finetune_and_collect
+from condpdiff.glue import TASK_SPECS, read_jsonl
+from condpdiff.lora import build_peft_model, load_tokenizer, model_layout, read_layouts
+from condpdiff.tracking import newest_finished_run, setup_experiment
+
+STAGES = ("prepare", "collect", "headonly", "gather", "normalize", "autoencoder", "conditions", "diffusion",
+          "generate", "evaluate", "report", "register")
+
+
+@contextmanager
+def split_timer(model):
+    """Seconds spent tokenizing (the stages' `encode`), in the model's forward and in optimizer steps."""
+    spent = {"tokenize": 0.0, "forward": 0.0, "optimizer": 0.0}
+    marks = {}
+    originals = {module: module.encode for module in (condpdiff.finetune, condpdiff.evaluation)}
+    encode = condpdiff.finetune.encode  # evaluation imports the same function
+
+    def timed_encode(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return encode(*args, **kwargs)
+        finally:
+            spent["tokenize"] += time.perf_counter() - start
+
+    def mark(key):
+        return lambda *_: marks.__setitem__(key, time.perf_counter())
+
+    def add(key, since):
+        return lambda *_: spent.__setitem__(key, spent[key] + time.perf_counter() - marks[since])
+
+    handles = [model.register_forward_pre_hook(mark("forward")), model.register_forward_hook(add("forward", "forward")),
+               torch.optim.optimizer.register_optimizer_step_pre_hook(mark("optimizer")),
+               torch.optim.optimizer.register_optimizer_step_post_hook(add("optimizer", "optimizer"))]
+    for module in originals:
+        module.encode = timed_encode
+    try:
+        yield spent
+    finally:
+        for module, function in originals.items():
+            module.encode = function
+        for handle in handles:
+            handle.remove()
+
+
+def shares(spent: dict, total: float) -> dict:
+    rest = max(total - sum(spent.values()), 0.0)
+    return {**{k: v / total for k, v in spent.items()}, "rest": rest / total, "seconds": total}
+
+
+def run(params, outputs: Path, task: str, steps: int) -> dict:
+    client = mlflow.MlflowClient()
+    experiment = setup_experiment()
+    stages = {}
+    for stage in STAGES:
+        tags = [{"task": t} for t in params.data.tasks] if stage in ("collect", "headonly", "prepare") else [{}]
+        runs = [newest_finished_run(client, experiment, stage, **tag) for tag in tags]
+        found = [r for r in runs if r is not None]
+        if found:
+            stages[stage] = sum((r.info.end_time - r.info.start_time) / 1000 for r in found)
+    tokenizer = load_tokenizer(params.base)
+    model = build_peft_model(params.base, params.lora, TASK_SPECS[task].num_labels, params.seed)
+    train = read_jsonl(split_file(outputs / "prepared" / task, "train"))
+    cfg = replace(params.collect.for_task(task), steps=steps)
+    cfg = replace(cfg, keep_last=min(cfg.keep_last, steps))
+    with split_timer(model) as spent:
+        start = time.perf_counter()
+        finetune_and_collect(model, tokenizer, task, train, cfg, model_layout(model), params.base.max_length,
+                             params.seed)
+        collect = shares(dict(spent), time.perf_counter() - start)
+    layouts, _, _ = read_layouts(outputs / "corpus" / LAYOUTS)
+    scorer = task_scorer(params.base, params.lora, task, params.evaluate.batch_size, params.seed, tokenizer=tokenizer,
+                         layout=layouts[task])
+    select = read_jsonl(split_file(outputs / "prepared" / task, "select"))
+    vector = torch.zeros(layouts[task].length)
+    scorer.metrics(vector, select)  # warm-up
+    with split_timer(scorer.model) as spent:
+        start = time.perf_counter()
+        scorer.metrics(vector, select)
+        evaluate = shares(dict(spent), time.perf_counter() - start)
+    return {"stages_seconds": stages, "task": task, "collect_steps": steps, "collect_split": collect,
+            "evaluate_split": evaluate, "select_examples": len(select)}
+
+
+def render(result: dict) -> str:
+    total = sum(result["stages_seconds"].values())
+    lines = ["### Pipeline profile", "", "Newest finished run of each stage (per-task stages summed):", "",
+             "| stage | minutes | share |", "|---|---|---|"]
+    for stage, seconds in result["stages_seconds"].items():
+        lines.append(f"| {stage} | {seconds / 60:.1f} | {seconds / total:.0%} |")
+    lines += [f"| all | {total / 60:.1f} | |", "",
+              f"Inside the stages ({result['task']}): where the time goes", "",
+              "| part | tokenize | forward | optimizer | rest (backward, batching) | seconds |", "|---|---|---|---|---|---|"]
+    for name, key in ((f"collect, {result['collect_steps']} fine-tuning steps", "collect_split"),
+                      (f"evaluate, one select scoring ({result['select_examples']} examples)", "evaluate_split")):
+        split = result[key]
+        lines.append(f"| {name} | {split['tokenize']:.0%} | {split['forward']:.0%} | {split['optimizer']:.0%} | "
+                     f"{split['rest']:.0%} | {split['seconds']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Time to an adapter: generating one against fine-tuning one to the same `select` score.
+
+Generation, defined exactly: K adapters from a condition to PEFT folders on disk (sampling, decoding,
+de-normalizing and writing included; the PEFT model is built once, as a serving process holds it), for
+DDIM-k and DDPM-1000, K = 1 unbatched and K = 10, 100 batched. Fine-tuning: the collect stage's schedule
+on the same task, from the same initialisation, until its `select` score is within 0.5 of the generated
+adapter's (checked every `every` steps; the checks' own time is not counted), or its whole schedule.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from common import conditions, generator_files, median_seconds
+from condpdiff.artifacts import LAYOUTS, split_file
+from condpdiff.evaluation import predict, task_scorer
+from condpdiff.finetune import finetune_and_collect
+from condpdiff.generator import load_generator
+from condpdiff.glue import TASK_SPECS, compute_metrics, headline, read_jsonl
+from condpdiff.lora import build_peft_model, load_tokenizer, model_layout, read_layouts, write_adapter
+from condpdiff.tracking import newest_finished_run, setup_experiment
+
+SAMPLERS = [("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 1000)]
+MARGIN = 0.5
+
+
+class _Reached(Exception):
+    pass
+
+
+def finetune_until(params, task: str, train, select, target: float, every: int, tokenizer) -> dict:
+    """Fine-tune `task` with collect's schedule until `select` >= target - MARGIN; training seconds only."""
+    model = build_peft_model(params.base, params.lora, TASK_SPECS[task].num_labels, params.seed)
+    cfg = params.collect.for_task(task)
+    labels = np.array([e.label for e in select], dtype=np.float64)
+    spent, reached = {"checks": 0.0}, {}
+
+    def on_step(step: int, _metrics: dict) -> None:
+        if step % every and step != cfg.steps:
+            return
+        start = time.perf_counter()
+        predictions = predict(model, tokenizer, task, select, params.evaluate.batch_size, params.base.max_length)
+        value = headline(task, compute_metrics(task, predictions, labels))
+        model.train()
+        spent["checks"] += time.perf_counter() - start
+        if value >= target - MARGIN:
+            reached.update(step=step, select=value)
+            raise _Reached
+
+    start = time.perf_counter()
+    try:
+        finetune_and_collect(model, tokenizer, task, train, cfg, model_layout(model), params.base.max_length,
+                             params.seed, on_step)
+    except _Reached:
+        pass
+    seconds = time.perf_counter() - start - spent["checks"]
+    return {"seconds": seconds, "reached_step": reached.get("step"), "reached_select": reached.get("select"),
+            "schedule_steps": cfg.steps, "check_every": every}
+
+
+def stage_seconds(client, experiment_id: str, stage: str, **tags: str) -> float | None:
+    """Wall seconds of the newest finished run of `stage` (collect: task=...)."""
+    run = newest_finished_run(client, experiment_id, stage, **tags)
+    return (run.info.end_time - run.info.start_time) / 1000 if run else None
+
+
+def run(params, outputs: Path, task: str, repeats: int, finetune_repeats: int, every: int) -> dict:
+
+    layouts, _, num_labels = read_layouts(outputs / "corpus" / LAYOUTS)
+    generator = load_generator(generator_files(outputs))
+    position = params.data.tasks.index(task)
+    condition = conditions(outputs)[position]
+    layout = layouts[task]
+    model = build_peft_model(params.base, params.lora, num_labels[task], params.seed)
+    tokenizer = load_tokenizer(params.base)
+    select = read_jsonl(split_file(outputs / "prepared" / task, "select"))
+    scorer = task_scorer(params.base, params.lora, task, params.evaluate.batch_size, params.seed,
+                         tokenizer=tokenizer, layout=layout)
+
+    def to_disk(sampler: str, steps: int, samples: int):
+        with tempfile.TemporaryDirectory() as folder:
+            vectors = generator.generate(condition, position, layout.length, samples, sampler, steps, seed=0)
+            for k, vector in enumerate(vectors):
+                write_adapter(model, vector, layout, Path(folder) / f"adapter_{k:03d}")
+        return vectors
+
+    generation = []
+    for sampler, steps in SAMPLERS:
+        timing = median_seconds(lambda: to_disk(sampler, steps, 1), repeats)
+        score = scorer.headline(to_disk(sampler, steps, 1)[0], select)
+        generation.append({"sampler": sampler, "steps": steps, "samples": 1, "seconds": timing["median"],
+                           "runs": timing["runs"], "select": score})
+        print(f"{sampler}-{steps} K=1: {timing['median']:.3f} s, select {score:.2f}")
+    batched = []
+    for sampler, steps in (("ddim", 50), ("ddpm", 1000)):
+        for samples in (10, 100):
+            timing = median_seconds(lambda: to_disk(sampler, steps, samples), repeats, warmup=0)
+            batched.append({"sampler": sampler, "steps": steps, "samples": samples, "seconds": timing["median"],
+                            "per_adapter": timing["median"] / samples, "runs": timing["runs"]})
+            print(f"{sampler}-{steps} K={samples}: {timing['median']:.2f} s")
+    target = next(g["select"] for g in generation if (g["sampler"], g["steps"]) == (params.generate.sampler.value,
+                                                                                  params.generate.inference_steps))
+    train = read_jsonl(split_file(outputs / "prepared" / task, "train"))
+    finetunes = [finetune_until(params, task, train, select, target, every, tokenizer) for _ in range(finetune_repeats)]
+    finetune = sorted(finetunes, key=lambda f: f["seconds"])[len(finetunes) // 2]
+    finetune["runs"] = [f["seconds"] for f in finetunes]
+    print(f"fine-tune to select >= {target - MARGIN:.2f}: {finetune['seconds']:.1f} s (step {finetune['reached_step']})")
+    client = mlflow.MlflowClient()
+    experiment = setup_experiment()
+    training = {f"collect_{t}": stage_seconds(client, experiment, "collect", task=t) for t in params.data.tasks}
+    training.update({stage: stage_seconds(client, experiment, stage) for stage in ("autoencoder", "conditions",
+                                                                                   "diffusion")})
+    return {"task": task, "target_select": target, "margin": MARGIN, "generation": generation, "batched": batched,
+            "finetune": finetune, "training_seconds": training}
+
+
+def render(result: dict) -> str:
+    finetune = result["finetune"]
+    reached = (f"reached {finetune['reached_select']:.2f} at step {finetune['reached_step']}"
+               if finetune["reached_step"] else f"never within {result['margin']} in {finetune['schedule_steps']} steps")
+    lines = [f"### Time to an adapter ({result['task']})", "",
+             f"Fine-tuning (collect's schedule, select checked every {finetune['check_every']} steps, checks not "
+             f"counted) to select >= {result['target_select'] - result['margin']:.2f} (the default sampler's adapter "
+             f"{result['target_select']:.2f} minus {result['margin']}): **{finetune['seconds']:.1f} s**, {reached} "
+             f"(median of {len(finetune['runs'])}).", "",
+             "| sampler | K | seconds (median) | per adapter | fine-tune / generate | select |", "|---|---|---|---|---|---|"]
+    for row in result["generation"] + result["batched"]:
+        per = row["seconds"] / row["samples"]
+        score = f"{row['select']:.2f}" if "select" in row else ""
+        lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['samples']} | {row['seconds']:.3f} | "
+                     f"{per:.3f} | {finetune['seconds'] / per:,.0f}x | {score} |")
+    training = result["training_seconds"]
+    if all(v is not None for v in training.values()):
+        corpus = sum(v for k, v in training.items() if k.startswith("collect_"))
+        generator = sum(v for k, v in training.items() if not k.startswith("collect_"))
+        per_task = (corpus + generator) / sum(k.startswith("collect_") for k in training)
+        lines += ["", f"Amortised: collecting the corpus took {corpus / 60:.1f} min and training the generator "
+                  f"(autoencoder, conditions, diffusion) {generator / 60:.1f} min, {per_task / 60:.1f} min per task. "
+                  "A task with a corpus was fine-tuned to make it, so generation saves nothing there; it pays only "
+                  f"for tasks without one: {generator / max(finetune['seconds'], 1e-9):.1f} fine-tunes' worth of "
+                  "generator training, before counting the corpora."]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""The benchmark code runs and its tables say what the numbers say; no test asserts on a time."""
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import run as bench_run  # noqa: E402
+import sampler_quality  # noqa: E402
+import scaling  # noqa: E402
+from common import machine, median_seconds  # noqa: E402
+
+
+def test_median_seconds_needs_three_runs_and_reports_each():
+    calls = []
+    timing = median_seconds(lambda: calls.append(1), repeats=3)
+    assert len(calls) == 4 and len(timing["runs"]) == 3 and timing["median"] in timing["runs"]
+    with pytest.raises(ValueError, match="at least 3"):
+        median_seconds(lambda: None, repeats=2)
+
+
+def test_the_machine_record_names_its_load():
+    box = machine()
+    assert box["logical_cores"] >= 1 and len(box["load_average"]) == 3 and isinstance(box["other_heavy_processes"], list)
+
+
+def test_a_scaling_worker_measures_and_the_cap_stops_one():
+    params = str(REPO / "profiles" / "tiny.yaml")
+    row = scaling.measure("autoencoder", 3000, rows=8, steps=1, repeats=3, params_file=params, cap_gib=8.0)
+    assert row["step_seconds"] > 0 and row["parameters"] > 0 and row["peak_gib"] > 0.05 and len(row["runs"]) == 3
+    capped = scaling.measure("mean_predictor", 3000, rows=8, steps=1, repeats=3, params_file=params, cap_gib=0.01)
+    assert capped["over_cap"] is True
+    assert "over the 0.01 GiB cap" in scaling.render({"rows_of_data": 8, "cap_gib": 0.01, "steps_per_timing": 1,
+                                                      "results": [{"layout": "x", **capped}]})
+
+
+def test_the_fewest_ddim_steps_within_the_margin():
+    result = {"reference": "DDPM-1000", "margin": 0.5, "samples": 10, "tasks": ["a", "b"], "averages": {
+        "DDPM-1000": {"select_best": 70.0, "select_mean": 68.0, "eval_of_best": 65.0},
+        "DDIM-10": {"select_best": 60.0, "select_mean": 58.0, "eval_of_best": 55.0},
+        "DDIM-25": {"select_best": 69.6, "select_mean": 66.0, "eval_of_best": 64.0},
+        "DDIM-50": {"select_best": 70.2, "select_mean": 67.6, "eval_of_best": 65.1}}}
+    assert sampler_quality.smallest_within(result) == "DDIM-25"
+    assert sampler_quality.smallest_within(result, "select_mean") == "DDIM-50"
+    table = sampler_quality.render(result)
+    assert "| DDIM-10 | 60.00 | -10.00 |" in table and "**DDIM-25**" in table
+
+
+def test_the_page_renders_each_result_with_its_machine(tmp_path):
+    box = {**machine(), "other_heavy_processes": [{"pid": 1, "cpu_percent": 95.0, "command": "python train.py"}]}
+    result = {"rows_of_data": 8, "cap_gib": 8.0, "steps_per_timing": 1, "results": [
+        {"layout": "MiniLM r=1", "part": "autoencoder", "length": 3000, "step_seconds": 0.01, "parameters": 10,
+         "peak_gib": 0.3}]}
+    (tmp_path / "scaling.json").write_text(json.dumps({"benchmark": "scaling", "seconds": 60, "machine": box,
+                                                       "load_average_after": [1, 1, 1], "result": result}))
+    page = bench_run.render(tmp_path)
+    assert "| MiniLM r=1 | 3,000 | autoencoder | 10 | 0.010 | 0.30 |" in page
+    assert "python train.py (95%)" in page and "took 1.0 min" in page
