@@ -142,6 +142,11 @@ def build_conditions(
     return Conditions(bank[:, 0].clone(), bank, texts[::per_task], encoder.name)
 
 
+def example_count(cfg: ConditionsConfig) -> int:
+    """Few-shot examples per condition text: `examples` for text_fewshot, none for the other types."""
+    return cfg.examples if cfg.type is ConditionType.text_fewshot else 0
+
+
 def bank_texts(cfg: ConditionsConfig, tasks: list[str], train: dict[str, list[Example]], seed: int) -> list[str]:
     """The text of every bank row, task-major: per task, `wordings` descriptions x `draws` few-shot draws.
     Draw d writes its answers with `draw_labels(entry, d)`; the last `bare_draws` draws are the
@@ -154,7 +159,7 @@ def bank_texts(cfg: ConditionsConfig, tasks: list[str], train: dict[str, list[Ex
     if short:
         raise ValueError(f"conditions.wordings={cfg.wordings}, but {cfg.descriptions} has fewer descriptions "
                          f"for {short}")
-    examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
+    examples = example_count(cfg)
     plain_from = cfg.draws - cfg.bare_draws
     return [
         condition_text(wording, draw_labels(descriptions[t], d), train[t], examples if d < plain_from else 0,
@@ -167,7 +172,7 @@ def held_out_texts(cfg: ConditionsConfig, entry: dict, task: str, wordings: list
                    seed: int) -> list[str]:
     """Wordings training never read, as generation reads a condition: each with few-shot draw 0's
     examples, in the task's own label words (`entry` is the task's descriptions entry)."""
-    examples = cfg.examples if cfg.type is ConditionType.text_fewshot else 0
+    examples = example_count(cfg)
     return [condition_text(w, entry.get("labels"), train, examples, seed=draw_seed(seed, task, 0)) for w in wordings]
 
 

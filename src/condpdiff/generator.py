@@ -37,7 +37,7 @@ class Generator:
     def condition_mean(self, condition: torch.Tensor) -> torch.Tensor:
         """norm=cond: condition (D,) -> the mean vector it predicts, in weight space (L,)."""
         z = self.mean_predictor(condition[None, :])[0]
-        return self.normalizer.global_mean + self.normalizer.global_std * z
+        return self.normalizer.from_global(z)
 
     @torch.inference_mode()
     def denormalize(self, normalized: torch.Tensor, condition: torch.Tensor, stats_index: int | None) -> torch.Tensor:

@@ -42,6 +42,10 @@ class Normalizer:
     def inverse(self, z: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         return z * self.std[task_index] + self.mean[task_index]
 
+    def from_global(self, z: torch.Tensor) -> torch.Tensor:
+        """Global z units -> weight space: what norm=cond's mean predictor writes (..., L)."""
+        return self.global_mean + self.global_std * z
+
     def save(self, path: Path) -> None:
         save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous(),
                    "global_mean": self.global_mean.contiguous(), "global_std": self.global_std.contiguous()},

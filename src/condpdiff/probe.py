@@ -65,7 +65,7 @@ def run_probe(params: Params, tasks: list[str], prepared: Path, corpus_dir: Path
 
     def judge(task_position: int, conditions: torch.Tensor) -> list[tuple[float, bool]]:
         with torch.inference_mode():
-            predicted = normalizer.global_mean + normalizer.global_std * model(conditions)
+            predicted = normalizer.from_global(model(conditions))
         distances = torch.cdist(predicted, means)  # (N, T)
         relative = distances[:, task_position] / gaps[task_position]
         return [(float(r), bool(d.argmin() == task_position)) for r, d in zip(relative, distances)]

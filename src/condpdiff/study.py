@@ -159,7 +159,7 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
         if params.conditions.type not in (ConditionType.text, ConditionType.text_fewshot):
             raise ValueError(f"rewordings need a text condition, not {params.conditions.type.value}")
         encoder = make_text_encoder(params.conditions, params.base)
-        labels_of = read_descriptions(Path(params.conditions.descriptions))
+        entries = read_descriptions(Path(params.conditions.descriptions))
     results = {}
     for i, task in enumerate(tasks):
         layout, length = layouts[task], layouts[task].length
@@ -207,7 +207,7 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
             score("head_only", head_only(params, scorer, train[task], init)[None])
             score("base", torch.where(lora_mask, torch.zeros_like(head), head)[None])
         if held_out is not None:
-            texts = held_out_texts(params.conditions, labels_of[task], task, held_out[task], train[task], params.seed)
+            texts = held_out_texts(params.conditions, entries[task], task, held_out[task], train[task], params.seed)
             values = []
             for text, condition in zip(texts, encoder.encode(texts)):
                 vectors = generator.generate(condition, stats, **{**common, "samples": reworded_samples})
