@@ -18,12 +18,15 @@ import torch
 import condpdiff.evaluation
 import condpdiff.finetune
 from condpdiff.artifacts import LAYOUTS, split_file
+from condpdiff.config import params_hash
 from condpdiff.evaluation import task_scorer
 from condpdiff.finetune import finetune_and_collect
 from condpdiff.glue import TASK_SPECS, read_jsonl
 from condpdiff.lora import build_peft_model, load_tokenizer, model_layout, read_layouts
 from condpdiff.tracking import newest_finished_run, setup_experiment
 
+# the tokenizer calls the stages make: each batch's encoding, and collect's one pass over the train set
+TOKENIZING = ((condpdiff.finetune, "encode"), (condpdiff.finetune, "token_lengths"), (condpdiff.evaluation, "encode"))
 STAGES = ("prepare", "collect", "headonly", "gather", "normalize", "autoencoder", "conditions", "diffusion",
           "generate", "evaluate", "report", "register")
 
@@ -33,15 +36,16 @@ def split_timer(model):
     """Seconds spent tokenizing (the stages' `encode`), in the model's forward and in optimizer steps."""
     spent = {"tokenize": 0.0, "forward": 0.0, "optimizer": 0.0}
     marks = {}
-    originals = {module: module.encode for module in (condpdiff.finetune, condpdiff.evaluation)}
-    encode = condpdiff.finetune.encode  # evaluation imports the same function
+    originals = {(module, name): getattr(module, name) for module, name in TOKENIZING}
 
-    def timed_encode(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return encode(*args, **kwargs)
-        finally:
-            spent["tokenize"] += time.perf_counter() - start
+    def timed(function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent["tokenize"] += time.perf_counter() - start
+        return call
 
     def mark(key):
         return lambda *_: marks.__setitem__(key, time.perf_counter())
@@ -52,13 +56,13 @@ def split_timer(model):
     handles = [model.register_forward_pre_hook(mark("forward")), model.register_forward_hook(add("forward", "forward")),
                torch.optim.optimizer.register_optimizer_step_pre_hook(mark("optimizer")),
                torch.optim.optimizer.register_optimizer_step_post_hook(add("optimizer", "optimizer"))]
-    for module in originals:
-        module.encode = timed_encode
+    for (module, name), function in originals.items():
+        setattr(module, name, timed(function))
     try:
         yield spent
     finally:
-        for module, function in originals.items():
-            module.encode = function
+        for (module, name), function in originals.items():
+            setattr(module, name, function)
         for handle in handles:
             handle.remove()
 
@@ -70,19 +74,20 @@ def shares(spent: dict, total: float) -> dict:
 
 def run(params, outputs: Path, task: str, steps: int) -> dict:
     client = mlflow.MlflowClient()
-    experiment = setup_experiment()
-    stages = {}
+    experiment, pipeline = setup_experiment(), params_hash(params)
+    stages, run_ids = {}, {}
     for stage in STAGES:
         tags = [{"task": t} for t in params.data.tasks] if stage in ("collect", "headonly", "prepare") else [{}]
-        runs = [newest_finished_run(client, experiment, stage, **tag) for tag in tags]
-        found = [r for r in runs if r is not None]
+        found = [r for tag in tags if (r := newest_finished_run(client, experiment, stage, pipeline, **tag))]
         if found:
             stages[stage] = sum((r.info.end_time - r.info.start_time) / 1000 for r in found)
+            run_ids[stage] = [r.info.run_id for r in found]
     tokenizer = load_tokenizer(params.base)
     model = build_peft_model(params.base, params.lora, TASK_SPECS[task].num_labels, params.seed)
     train = read_jsonl(split_file(outputs / "prepared" / task, "train"))
-    cfg = replace(params.collect.for_task(task), steps=steps)
-    cfg = replace(cfg, keep_last=min(cfg.keep_last, steps))
+    full = params.collect.for_task(task)
+    kept = max(1, min(round(steps * full.keep_last / full.steps), steps // full.stride))  # the same share kept
+    cfg = replace(full, steps=steps, keep_last=kept)
     with split_timer(model) as spent:
         start = time.perf_counter()
         finetune_and_collect(model, tokenizer, task, train, cfg, model_layout(model), params.base.max_length,
@@ -98,7 +103,7 @@ def run(params, outputs: Path, task: str, steps: int) -> dict:
         start = time.perf_counter()
         scorer.metrics(vector, select)
         evaluate = shares(dict(spent), time.perf_counter() - start)
-    return {"stages_seconds": stages, "task": task, "collect_steps": steps, "collect_split": collect,
+    return {"stages_seconds": stages, "run_ids": run_ids, "task": task, "collect_steps": steps, "collect_split": collect,
             "evaluate_split": evaluate, "select_examples": len(select)}
 
 

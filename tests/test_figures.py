@@ -6,7 +6,7 @@ import mlflow
 import pytest
 import torch
 
-from condpdiff.figures import (MIN_TSNE_POINTS, embedding_rows, export_losses, interpolation_rows, kept_steps,
+from condpdiff.figures import (MIN_TSNE_POINTS, embedding_rows, export_losses, interpolation_rows, trajectory_steps,
                                mix_lora, plot_similarity, read_csv, similarity_rows, trajectory_rows, write_csv)
 from test_generator import _generator
 
@@ -34,28 +34,32 @@ def test_embedding_says_which_projection_it_used():
     assert {r["method"] for r in many} == {"tsne"} and all(math.isfinite(r["x"] + r["y"]) for r in many)
 
 
-def test_kept_steps_are_spaced_and_end_on_the_finished_sample():
+def test_trajectory_steps_are_spaced_and_end_on_the_finished_sample():
     timesteps = list(range(999, -1, -1))
-    kept = kept_steps(timesteps, 10)
+    kept = trajectory_steps(timesteps, 10)
     assert len(kept) == 10 and kept[0] == 999 and kept[-1] == 0 and kept == sorted(kept, reverse=True)
 
 
-def test_trajectory_ends_on_the_generated_sample_and_scores_every_point():
+def test_trajectories_follow_the_stage_batch_and_end_on_its_samples():
     length = 40
     generator = _generator(length)
     corpus = torch.randn(5, length) * 0.01
     condition = torch.tensor([1.0, 0.0, 0.0])
     calls = []
-    rows = trajectory_rows("sst2", generator, condition, 0, length, corpus, lambda v: calls.append(v) or 1.0,
-                           samples=2, points=4, sampler="ddim", inference_steps=6, seed=3)
-    path = [r for r in rows if r["kind"] == "trajectory"]
-    assert len(path) == 8 and len(calls) == 8
-    assert [r["kind"] for r in rows[:6]] == ["original"] * 5 + ["soup"]
-    final = generator.generate(condition, 0, length, 2, "ddim", 6, 3)
-    last = [r for r in path if r["position"] == 3]
-    assert torch.allclose(calls[3], final[0]) and torch.allclose(calls[7], final[1])  # sample-major order
-    assert len({r["timestep"] for r in last}) == 1 and last[0]["timestep"] < path[0]["timestep"]
-    assert all(math.isfinite(r["to_soup"]) and math.isfinite(r["x"]) for r in rows)
+    rows, context, finished = trajectory_rows("sst2", generator, condition, 0, length, corpus,
+                                              lambda v: calls.append(v) or 1.0, batch=3, samples=2, points=4,
+                                              sampler="ddim", inference_steps=6, seed=3)
+    assert len(rows) == 8 and len(calls) == 8  # 2 samples x 4 points, each scored once
+    assert [r["kind"] for r in context] == ["original"] * 5 + ["soup"]
+    stage = generator.generate(condition, 0, length, 3, "ddim", 6, 3)  # the stage's own batch of 3
+    assert torch.equal(finished, stage)
+    assert torch.allclose(calls[3], stage[0]) and torch.allclose(calls[7], stage[1])  # sample-major, last = finished
+    last = [r for r in rows if r["position"] == 3]
+    assert len({r["timestep"] for r in last}) == 1 and last[0]["timestep"] < rows[0]["timestep"]
+    assert all(math.isfinite(v) for r in rows + context for v in r.values() if isinstance(v, float))
+    with pytest.raises(ValueError, match="trajectories of 4 samples from a batch of 3"):
+        trajectory_rows("sst2", generator, condition, 0, length, corpus, lambda v: 1.0, batch=3, samples=4, points=2,
+                        sampler="ddim", inference_steps=6, seed=3)
 
 
 def test_a_mixed_lora_keeps_the_target_head():

@@ -227,8 +227,9 @@ def test_the_four_figures_build_from_the_tiny_run(tiny_repo):
     series are written, and the files are artifacts of the run that made them."""
     from condpdiff.figures import read_csv
 
-    _run(tiny_repo, sys.executable, "-m", "condpdiff", "figures", "--points", "3", "--mix-points", "3",
-         "--out", "outputs/figures")
+    result = _run(tiny_repo, sys.executable, "-m", "condpdiff", "figures", "--points", "3", "--mix-points", "3",
+                  "--out", "outputs/figures")
+    assert "does not end on the stage's adapters" not in result.stdout  # the rerun is the stage's own sampling
     out = tiny_repo / "outputs" / "figures"
     rows = {name: read_csv(out / f"{name}.csv") for name in ("similarity", "embedding", "trajectory", "interpolation")}
     assert all((out / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in rows)
@@ -241,9 +242,9 @@ def test_the_four_figures_build_from_the_tiny_run(tiny_repo):
     assert len(rows["similarity"]) == 2 * (2 + 2 + 2) and finite(rows["similarity"], "distance", "select")
     assert len(rows["embedding"]) == 2 * (4 + 2 + 2) and {r["method"] for r in rows["embedding"]} == {"pca"}
     assert finite(rows["embedding"], "x", "y")
-    path = [r for r in rows["trajectory"] if r["kind"] == "trajectory"]
-    assert len(path) == 2 * 3 and finite(path, "select", "to_soup", "to_corpus", "x", "y")
-    assert [r["kind"] for r in rows["trajectory"]].count("soup") == 2
+    path, context = rows["trajectory"], read_csv(out / "trajectory_context.csv")
+    assert len(path) == 2 * 2 * 3 and finite(path, "select", "to_soup", "to_corpus", "x", "y")  # 2 samples x 3 points
+    assert [r["kind"] for r in context].count("soup") == 2 and finite(context, "to_soup", "x", "y")
     assert set(rows["interpolation"][0]) == {"task", "pair", "partner", "l", "select"}
     assert len(rows["interpolation"]) == 2 * 2 * 3 and finite(rows["interpolation"], "l", "select")
     assert {r["partner"] for r in rows["interpolation"] if r["task"] == "sst2" and r["pair"] != "two generated"} \

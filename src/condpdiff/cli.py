@@ -182,7 +182,7 @@ def _figures(args) -> None:
     import mlflow
 
     from condpdiff.artifacts import SCORES, GeneratorFiles
-    from condpdiff.config import load_params
+    from condpdiff.config import load_params, params_hash
     from condpdiff.figures import build_figures, export_losses
     from condpdiff.tracking import stage_run
 
@@ -203,17 +203,17 @@ def _figures(args) -> None:
     out = Path(args.out)
     with stage_run("figures", params) as run:
         start = time.perf_counter()
-        pictures = build_figures(params, tasks, Path(args.prepared), Path(args.corpus), Path(args.generated),
-                                 json.loads(scores_path.read_text()), files, out, args.samples, args.points,
-                                 args.mix_points)
-        client = mlflow.MlflowClient()
-        losses = export_losses(client, run.info.experiment_id, params.data.tasks, out / "losses")
+        written = build_figures(params, tasks, Path(args.prepared), Path(args.corpus), Path(args.generated),
+                                json.loads(scores_path.read_text()), files, out, args.samples, args.points,
+                                args.mix_points)
+        written += export_losses(mlflow.MlflowClient(), run.info.experiment_id, params.data.tasks, out / "losses",
+                                 params_hash(params))
         mlflow.log_metric("seconds", time.perf_counter() - start)
-        mlflow.log_artifacts(str(out), artifact_path="figures")
-    for name, path in pictures.items():
-        print(f"{name}: {path} (+ {path.with_suffix('.csv').name})")
-    print(f"{len(losses)} loss series in {out / 'losses'}; MLflow run {run.info.run_id}")
-
+        for path in written:  # only this run's files, not whatever else lies in the folder
+            mlflow.log_artifact(str(path), artifact_path=path.parent.relative_to(out.parent).as_posix())
+    for path in written:
+        print(path)
+    print(f"MLflow run {run.info.run_id}")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m condpdiff")
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                  "diffusion"):
         figures.add_argument(f"--{name}", default=f"outputs/{name}")
     figures.add_argument("--tasks", nargs="+", help="the tasks drawn (default: data.tasks)")
-    figures.add_argument("--samples", type=int, default=1, help="sampling trajectories per task")
+    figures.add_argument("--samples", type=int, default=2, help="sampling trajectories per task (of the stage's K)")
     figures.add_argument("--points", type=int, default=10, help="decoded and scored steps per trajectory")
     figures.add_argument("--mix-points", type=int, default=5, help="values of l per interpolation line")
     figures.add_argument("--out", default="reports/figures")

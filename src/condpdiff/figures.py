@@ -97,52 +97,57 @@ def embedding_rows(task: str, groups: dict[str, torch.Tensor], seed: int) -> lis
             for kind, k, (x, y) in zip(kinds, index, xy)]
 
 
-def kept_steps(timesteps: list[int], count: int) -> list[int]:
+def trajectory_steps(timesteps: list[int], count: int) -> list[int]:
     """`count` of the sampler's timesteps, evenly spaced, the last (the finished sample) always among them."""
     return [timesteps[i] for i in spaced_indices(count, len(timesteps))]
 
 
 @torch.inference_mode()
 def trajectory_rows(task: str, generator: Generator, condition: torch.Tensor, stats_index: int | None, length: int,
-                    corpus: torch.Tensor, score: Callable[[torch.Tensor], float], samples: int, points: int,
-                    sampler: str, inference_steps: int, seed: int, guidance: float = 1.0) -> list[dict]:
-    """`samples` sampling runs from the task's condition; at `points` of the sampler's steps the latents are
-    decoded to weights and scored. One row per (sample, step): the timestep the step started from, its
-    position (0 = first), L2 to the soup and to the nearest checkpoint, the score and a PCA position
-    fitted on the originals, the soup and every trajectory point (rows of kind original / soup too)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+                    corpus: torch.Tensor, score: Callable[[torch.Tensor], float], batch: int, samples: int,
+                    points: int, sampler: str, inference_steps: int, seed: int,
+                    guidance: float = 1.0) -> tuple[list[dict], list[dict], torch.Tensor]:
+    """The sampling run of a whole batch of `batch` samples from the task's condition (with the generate stage's
+    batch, seed and sampler it is the stage's own run, so each path ends on a stage adapter); the first
+    `samples` paths are decoded to weights at `points` of the sampler's steps and scored.
 
+    Returns (path rows, context rows, the finished vectors (batch, L)). A path row: the sample, its position
+    (0 = first kept step), the timestep its step started from, L2 to the soup and to the nearest checkpoint,
+    the score and a PCA position fitted on the originals, the soup and every path point. A context row: an
+    original or the soup at its PCA position and its L2 to the soup."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from sklearn.decomposition import PCA
+
+    if not 1 <= samples <= batch:
+        raise ValueError(f"{task}: trajectories of {samples} samples from a batch of {batch}")
     scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(generator.scheduler_config)
     scheduler.set_timesteps(inference_steps)
-    timesteps = [int(t) for t in scheduler.timesteps]
-    keep = kept_steps(timesteps, points)
+    keep = trajectory_steps([int(t) for t in scheduler.timesteps], points)
     latents: dict[int, torch.Tensor] = {}
 
     def on_step(t: int, x: torch.Tensor) -> None:
         if t in keep:
-            latents[t] = x.clone()
+            latents[t] = x[:samples].clone()
 
-    generator.generate(condition, stats_index, length, samples, sampler, inference_steps, seed, guidance, on_step)
+    finished = generator.generate(condition, stats_index, length, batch, sampler, inference_steps, seed, guidance,
+                                  on_step)
     soup = corpus.mean(dim=0)
     weights = torch.stack([generator.to_weights(latents[t], condition, stats_index, length) for t in keep], dim=1)
     flat = weights.reshape(-1, length)  # (samples * points, L), sample-major
-    from sklearn.decomposition import PCA
-
-    xy = PCA(n_components=2, random_state=seed).fit(torch.cat([corpus, soup[None], flat]).double().numpy())
-    rows = [{"task": task, "kind": kind, "sample": -1, "position": -1, "timestep": -1,
-             "to_soup": (vector - soup).norm().item(), "to_corpus": float("nan"), "select": float("nan"),
-             "x": float(x), "y": float(y)}
-            for kind, vector, (x, y) in zip(["original"] * len(corpus) + ["soup"], torch.cat([corpus, soup[None]]),
-                                           xy.transform(torch.cat([corpus, soup[None]]).double().numpy()))]
+    context = torch.cat([corpus, soup[None]])
+    pca = PCA(n_components=2, random_state=seed).fit(torch.cat([context, flat]).double().numpy())
+    context_rows = [{"task": task, "kind": kind, "to_soup": (vector - soup).norm().item(), "x": float(x), "y": float(y)}
+                    for kind, vector, (x, y) in zip(["original"] * len(corpus) + ["soup"], context,
+                                                   pca.transform(context.double().numpy()))]
     nearest = nearest_distances(flat, corpus)
-    positions = xy.transform(flat.double().numpy())
+    positions = pca.transform(flat.double().numpy())
+    rows = []
     for row, vector in enumerate(flat):
         sample, position = divmod(row, len(keep))
-        rows.append({"task": task, "kind": "trajectory", "sample": sample, "position": position,
-                     "timestep": keep[position], "to_soup": (vector - soup).norm().item(),
-                     "to_corpus": nearest[row].item(), "select": score(vector),
-                     "x": float(positions[row, 0]), "y": float(positions[row, 1])})
-    return rows
+        rows.append({"task": task, "sample": sample, "position": position, "timestep": keep[position],
+                     "to_soup": (vector - soup).norm().item(), "to_corpus": nearest[row].item(),
+                     "select": score(vector), "x": float(positions[row, 0]), "y": float(positions[row, 1])})
+    return rows, context_rows, finished
 
 
 def mix_lora(target: torch.Tensor, other: torch.Tensor, weight: float, lora_mask: torch.Tensor) -> torch.Tensor:
@@ -178,8 +183,6 @@ def select_score(scorer: Scorer, select: list[Example]) -> Callable[[torch.Tenso
     return lambda vector: scorer.headline(vector, select)
 
 
-def finite_rows(rows: list[dict], columns: tuple[str, ...]) -> bool:
-    return all(math.isfinite(float(row[c])) for row in rows for c in columns)
 
 
 def _grid(count: int, rows: int = 1, width: float = 3.6, height: float = 3.0):
@@ -238,23 +241,22 @@ def plot_embedding(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_trajectory(rows: list[dict], path: Path) -> None:
+def plot_trajectory(rows: list[dict], context: list[dict], path: Path) -> None:
     tasks = _tasks(rows)
     plt, figure, axes = _grid(len(tasks), rows=2)
     for column, task in enumerate(tasks):
         mine = [r for r in rows if r["task"] == task]
         top, bottom = axes[0, column], axes[1, column]
         for kind in ("original", "soup"):
-            points = [r for r in mine if r["kind"] == kind]
+            points = [r for r in context if r["task"] == task and r["kind"] == kind]
             top.scatter([float(r["x"]) for r in points], [float(r["y"]) for r in points], label=kind, **STYLE[kind])
-        for sample in sorted({int(r["sample"]) for r in mine if r["kind"] == "trajectory"}):
-            path_rows = sorted((r for r in mine if r["kind"] == "trajectory" and int(r["sample"]) == sample),
-                               key=lambda r: int(r["position"]))
-            xs, ys = [float(r["x"]) for r in path_rows], [float(r["y"]) for r in path_rows]
+        for sample in sorted({int(r["sample"]) for r in mine}):
+            line = sorted((r for r in mine if int(r["sample"]) == sample), key=lambda r: int(r["position"]))
+            xs, ys = [float(r["x"]) for r in line], [float(r["y"]) for r in line]
             top.plot(xs, ys, color="tab:red", alpha=0.6, marker=".")
-            top.scatter(xs[-1:], ys[-1:], label="sample" if sample == 0 else None, **STYLE["generated"])
-            bottom.plot([int(r["timestep"]) for r in path_rows], [float(r["select"]) for r in path_rows],
-                        marker="o", label=f"sample {sample}")
+            top.scatter(xs[-1:], ys[-1:], label="finished sample" if sample == 0 else None, **STYLE["generated"])
+            bottom.plot([int(r["timestep"]) for r in line], [float(r["select"]) for r in line], marker="o",
+                        label=f"sample {sample}")
         top.set(title=f"{task}: PCA", xticks=[], yticks=[])
         bottom.set(xlabel="timestep the step started from", ylabel="select score of the decoded latents")
         bottom.invert_xaxis()
@@ -282,19 +284,21 @@ def plot_interpolation(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-PLOTS = {"similarity": plot_similarity, "embedding": plot_embedding, "trajectory": plot_trajectory,
-         "interpolation": plot_interpolation}
 LOSSES = {"autoencoder": ("ae_train_mse",), "diffusion": ("diffusion_train_loss",),
           "mean_predictor": ("mean_predictor_loss",)}
 
 
-def export_losses(client, experiment_id: str, tasks: list[str], out: Path) -> list[Path]:
-    """The training-loss series of the newest finished run of each training stage (collect: per task) as
-    `<out>/<series>.csv` (run_id, step, the loss: last, where `dvc plots` looks). A stage without a run is skipped."""
-    series = [(f"collect_{task}", newest_finished_run(client, experiment_id, "collect", task=task), "train_loss")
-              for task in tasks]
-    series += [(name, newest_finished_run(client, experiment_id, "diffusion" if name == "mean_predictor" else name), key)
-               for name, (key,) in LOSSES.items()]
+def export_losses(client, experiment_id: str, tasks: list[str], out: Path,
+                  pipeline_id: str | None = None) -> list[Path]:
+    """The training-loss series of the newest finished run of each training stage (collect: per task; runs of
+    `pipeline_id` first) as `<out>/<series>.csv` (run_id, step, the loss: last, where `dvc plots` looks).
+    A stage without a run is skipped."""
+
+    def newest(stage: str, **tags: str):
+        return newest_finished_run(client, experiment_id, stage, pipeline_id, **tags)
+
+    series = [(f"collect_{task}", newest("collect", task=task), "train_loss") for task in tasks]
+    series += [(name, newest("diffusion" if name == "mean_predictor" else name), key) for name, (key,) in LOSSES.items()]
     written = []
     for name, run, key in series:
         if run is None:
@@ -309,11 +313,12 @@ def export_losses(client, experiment_id: str, tasks: list[str], out: Path) -> li
 
 
 def build_figures(params: Params, tasks: list[str], prepared: Path, corpus_dir: Path, generated_dir: Path,
-                  scores: dict, files: GeneratorFiles, out: Path, samples: int = 1, points: int = 10, mix_points: int = 5,
-                  log=print) -> dict[str, Path]:
-    """The four figures of one run (PNG + CSV each, in `out`) from the pipeline's outputs: the corpus, the
-    generated vectors, evaluate's per-sample `select` scores (`scores`) and the generator (`files`).
-    Returns figure name -> PNG path. The trajectory samples with the generate stage's sampler."""
+                  scores: dict, files: GeneratorFiles, out: Path, samples: int = 2, points: int = 10,
+                  mix_points: int = 5, log=print) -> list[Path]:
+    """The four figures of one run (a PNG and the CSV behind it each; the trajectory's originals and soup in
+    `trajectory_context.csv`) in `out`, from the pipeline's outputs: the corpus, the generated vectors,
+    evaluate's per-sample `select` scores (`scores`) and the generator (`files`). Returns the files written.
+    The trajectories rerun the generate stage's sampling (its sampler, K and seed) and follow `samples` of them."""
     missing = [task for task in tasks if "generated_values" not in scores.get(task, {}).get("select", {})]
     if missing:
         raise ValueError(f"evaluate's scores hold no per-sample select scores for {missing}: re-run `dvc repro evaluate`")
@@ -327,7 +332,8 @@ def build_figures(params: Params, tasks: list[str], prepared: Path, corpus_dir: 
     for task in tasks:
         with safe_open(str(generated_dir / task / VECTORS), "pt") as handle:
             vectors[task] = {name: handle.get_tensor(name) for name in ("generated", "no_diffusion")}
-    rows: dict[str, list[dict]] = {name: [] for name in FIGURES}
+    cfg = params.generate
+    rows: dict[str, list[dict]] = {name: [] for name in (*FIGURES, "trajectory_context")}
     for task in tasks:
         position = params.data.tasks.index(task)
         corpus, steps = load_task_corpus(task_corpus_file(corpus_dir, task))
@@ -341,21 +347,39 @@ def build_figures(params: Params, tasks: list[str], prepared: Path, corpus_dir: 
                                               values["generated_values"], trivial, values["no_diffusion_values"])
         rows["embedding"] += embedding_rows(task, {"original": corpus, "generated": generated,
                                                    "no_diffusion": trivial}, params.seed)
-        log(f"{task}: trajectory ({samples} sample(s), {points} points)")
-        rows["trajectory"] += trajectory_rows(
-            task, generator, conditions[position], position, layouts[task].length, corpus, score, samples, points,
-            params.generate.sampler.value, params.generate.inference_steps, generation_seed(params.seed, position),
-            params.generate.guidance)
-        partner = tasks[(tasks.index(task) + 1) % len(tasks)] if len(tasks) > 1 else task
-        partner_values = scores[partner]["select"]["generated_values"]
-        partner_best = vectors[partner]["generated"][int(np.argmax(partner_values))]
+        log(f"{task}: trajectories of {samples} of the stage's {cfg.samples} samples, {points} points each")
+        path, context, finished = trajectory_rows(
+            task, generator, conditions[position], position, layouts[task].length, corpus, score, len(generated),
+            samples, points, cfg.sampler.value, cfg.inference_steps, generation_seed(params.seed, position), cfg.guidance)
+        if not torch.allclose(finished, generated, atol=1e-6):
+            log(f"{task}: the rerun does not end on the stage's adapters (generate params changed since the stage?)")
+        rows["trajectory"] += path
+        rows["trajectory_context"] += context
+        partners = [t for t in tasks if t != task]
+        if not partners:
+            continue
+        partner = partners[tasks.index(task) % len(partners)]  # the next task in `tasks`, as generate's wrong condition
+        if layouts[partner].names[:len(lora_names(layouts[task]))] != lora_names(layouts[task]):
+            raise ValueError(f"{task} and {partner} hold different LoRA entries; their LoRAs cannot be mixed")
+        partner_best = vectors[partner]["generated"][int(np.argmax(scores[partner]["select"]["generated_values"]))]
         log(f"{task}: interpolation ({mix_points} points, partner {partner})")
         rows["interpolation"] += interpolation_rows(task, generated, values["generated_values"], partner,
                                                     partner_best, layouts[task].lora_mask(), score, mix_points)
     out.mkdir(parents=True, exist_ok=True)
-    pictures = {}
-    for name in FIGURES:
-        write_csv(rows[name], out / f"{name}.csv")
-        PLOTS[name](read_csv(out / f"{name}.csv"), out / f"{name}.png")
-        pictures[name] = out / f"{name}.png"
-    return pictures
+    written = []
+    for name, table in rows.items():
+        if table:
+            write_csv(table, out / f"{name}.csv")
+            written.append(out / f"{name}.csv")
+    tables = {name: read_csv(out / f"{name}.csv") for name in rows if rows[name]}
+    plot_similarity(tables["similarity"], out / "similarity.png")
+    plot_embedding(tables["embedding"], out / "embedding.png")
+    plot_trajectory(tables["trajectory"], tables["trajectory_context"], out / "trajectory.png")
+    if "interpolation" in tables:
+        plot_interpolation(tables["interpolation"], out / "interpolation.png")
+    return written + [out / f"{name}.png" for name in FIGURES if name in tables]
+
+
+def lora_names(layout) -> list[str]:
+    """The layout's LoRA entry names, in order."""
+    return [name for name in layout.names if layout.is_lora(name)]

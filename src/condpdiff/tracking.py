@@ -98,9 +98,15 @@ def metric_logger(prefix: str = ""):
     return on_step
 
 
-def newest_finished_run(client, experiment_id: str, stage: str, **tags: str):
-    """The newest FINISHED run of `stage` whose tags match `tags` (collect: task=...), or None."""
+def newest_finished_run(client, experiment_id: str, stage: str, pipeline_id: str | None = None, **tags: str):
+    """The newest FINISHED run of `stage` whose tags match `tags` (collect: task=...), or None. With a
+    `pipeline_id` (`params_hash` of the params in use), a run of that configuration comes first; a stage that
+    other params did not re-run (collect, after a generator change) has only older runs, and the newest is used."""
     query = " and ".join([f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'",
                           *(f"tags.{key} = '{value}'" for key, value in tags.items())])
-    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    for extra in ([f" and tags.pipeline_id = '{pipeline_id}'"] if pipeline_id else []) + [""]:
+        runs = client.search_runs([experiment_id], query + extra, order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if runs:
+            return runs[0]
+    return None
