@@ -111,6 +111,7 @@ def test_bundle_refuses_bad_requests(trained_parts, tmp_path):
     for request, message in [
         (Request(task="mnli"), "unknown task"), (Request(description="  "), "non-empty description"),
         (Request(task="sst2", num_samples=0), "num_samples"), (Request(task="sst2", num_samples=10_000), "num_samples"),
+        (Request(task="sst2", steps=21), r"steps must be in 1\.\.20"), (Request(task="sst2", steps=0), "steps must be"),
         (Request(description="Classify tweets by sentiment."), "stats_task"),
         (Request(description="Rate news.", num_labels=5, stats_task="sst2"), "num_labels=5"),
     ]:

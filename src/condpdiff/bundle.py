@@ -137,6 +137,9 @@ class GeneratorBundle:
             raise BundleError(f"num_samples must be in 1..{MAX_SAMPLES}, got {request.num_samples}")
         if request.sampler not in (None, "ddpm", "ddim"):
             raise BundleError(f"sampler must be ddpm or ddim, got {request.sampler!r}")
+        timesteps = self.generator.scheduler_config["num_train_timesteps"]
+        if request.steps is not None and not 1 <= request.steps <= timesteps:
+            raise BundleError(f"steps must be in 1..{timesteps} (the timesteps it was trained on), got {request.steps}")
         return self._condition(request)
 
     def generate_vectors(self, request: Request) -> tuple[torch.Tensor, Layout, int]:
