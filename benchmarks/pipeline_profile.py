@@ -73,8 +73,8 @@ def shares(spent: dict, total: float) -> dict:
 
 
 def run(params, outputs: Path, task: str, steps: int) -> dict:
+    experiment, pipeline = setup_experiment(), params_hash(params)  # sets the store: the client comes after
     client = mlflow.MlflowClient()
-    experiment, pipeline = setup_experiment(), params_hash(params)
     stages, run_ids = {}, {}
     for stage in STAGES:
         tags = [{"task": t} for t in params.data.tasks] if stage in ("collect", "headonly", "prepare") else [{}]

@@ -112,8 +112,8 @@ def run(params, outputs: Path, task: str, repeats: int, finetune_repeats: int, e
     finetune = sorted(finetunes, key=lambda f: f["seconds"])[len(finetunes) // 2]
     finetune["runs"] = [f["seconds"] for f in finetunes]
     print(f"fine-tune to select >= {target - MARGIN:.2f}: {finetune['seconds']:.1f} s (step {finetune['reached_step']})")
+    experiment, pipeline = setup_experiment(), params_hash(params)  # sets the store: the client comes after
     client = mlflow.MlflowClient()
-    experiment, pipeline = setup_experiment(), params_hash(params)
     training = {f"collect_{t}": stage_seconds(client, experiment, "collect", pipeline, task=t) for t in params.data.tasks}
     training.update({name: stage_seconds(client, experiment, name, pipeline) for name in GENERATOR_STAGES})
     loto = outputs.parent / "reports" / "conditional" / "loto.json"
