@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -93,40 +92,48 @@ def worker(part: str, length: int, rows: int, steps: int, repeats: int, params_f
     baseline = psutil.Process().memory_info().rss / 2 ** 30  # imports and data, before any model
     times = _step_seconds(train, steps, repeats)
     return {"part": part, "length": length, "step_seconds": sorted(times)[len(times) // 2], "runs": times,
-            "parameters": size, "latent_shape": list(spec.latent_shape), "baseline_gib": baseline}
+            "parameters": size, "latent_shape": list(spec.latent_shape), "baseline_gib": baseline,
+            "peak_gib": own_peak_gib()}
+
+
+def own_peak_gib() -> float:
+    """This process's peak resident memory (VmHWM: reset at exec, so the parent's memory at fork is not in
+    it, as it is in wait4's ru_maxrss)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 2 ** 30
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def measure(part: str, length: int, rows: int, steps: int, repeats: int, params_file: str, cap_gib: float) -> dict:
-    """One worker process; its peak RSS from the kernel (wait4), killed if its RSS passes `cap_gib`."""
+    """One worker process under a kernel memory limit of `cap_gib` (RLIMIT_DATA), killed if its RSS passes it;
+    its peak RSS as it reports it (VmHWM)."""
     with tempfile.TemporaryFile("w+") as out:
         limit = int(cap_gib * 2 ** 30)
         process = subprocess.Popen([sys.executable, __file__, "--worker", part, "--length", str(length), "--rows",
                                     str(rows), "--steps", str(steps), "--repeats", str(repeats), "--params", params_file],
                                    stdout=out, stderr=subprocess.DEVNULL,
                                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)))
-        watched, killed = psutil.Process(process.pid), False
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
+        watched, killed, seen = psutil.Process(process.pid), False, 0
+        while process.poll() is None:
             try:
-                if watched.memory_info().rss > limit:  # a backstop: the kernel's limit refuses the allocation first
+                seen = max(seen, watched.memory_info().rss)
+                if seen > limit:  # a backstop: the kernel's limit refuses the allocation first
                     watched.kill()
                     killed = True
             except psutil.Error:
                 pass
             time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        peak = usage.ru_maxrss * 1024 / 2 ** 30  # kilobytes on Linux
         out.seek(0)
         lines = out.read().strip().splitlines()
+    polled = seen / 2 ** 30  # the largest RSS the parent saw: the peak of a process that did not report its own
     if killed:
-        return {"part": part, "length": length, "over_cap": True, "peak_gib": peak}
+        return {"part": part, "length": length, "over_cap": True, "peak_gib": polled}
     if lines and json.loads(lines[-1]).get("over_cap"):
-        return {**json.loads(lines[-1]), "peak_gib": peak}
+        return {**json.loads(lines[-1]), "peak_gib": polled}
     if process.returncode != 0 or not lines:
-        return {"part": part, "length": length, "failed": process.returncode, "peak_gib": peak}
-    return {**json.loads(lines[-1]), "peak_gib": peak}
+        return {"part": part, "length": length, "failed": process.returncode, "peak_gib": polled}
+    return json.loads(lines[-1])
 
 
 def run(params, params_file: str, cap_gib: float, steps: int = 2, repeats: int = 3) -> dict:
