@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import condpdiff.evaluation
 import condpdiff.finetune
@@ -54,8 +55,8 @@ def split_timer(model):
         return lambda *_: spent.__setitem__(key, spent[key] + time.perf_counter() - marks[since])
 
     handles = [model.register_forward_pre_hook(mark("forward")), model.register_forward_hook(add("forward", "forward")),
-               torch.optim.optimizer.register_optimizer_step_pre_hook(mark("optimizer")),
-               torch.optim.optimizer.register_optimizer_step_post_hook(add("optimizer", "optimizer"))]
+               register_optimizer_step_pre_hook(mark("optimizer")),
+               register_optimizer_step_post_hook(add("optimizer", "optimizer"))]
     for (module, name), function in originals.items():
         setattr(module, name, timed(function))
     try:
