@@ -197,6 +197,15 @@ def _grid(count: int, rows: int = 1, width: float = 3.6, height: float = 3.0):
     return plt, figure, axes
 
 
+def _save(plt, figure, axes, used: int, path: Path) -> None:
+    """Hide the grid's panels past the first `used`, write the PNG and free the figure."""
+    for axis in list(axes.flat)[used:]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _tasks(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(row["task"] for row in rows))
 
@@ -215,12 +224,8 @@ def plot_similarity(rows: list[dict], path: Path) -> None:
                          label=kind.replace("_", "-"), **STYLE[kind])
         axis.set_xscale("log")
         axis.set(title=task, xlabel="L2 to nearest corpus checkpoint", ylabel="select score")
-    for axis in list(axes.flat)[len(tasks):]:
-        axis.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, axes, len(tasks), path)
 
 
 def plot_embedding(rows: list[dict], path: Path) -> None:
@@ -233,12 +238,8 @@ def plot_embedding(rows: list[dict], path: Path) -> None:
             axis.scatter([float(r["x"]) for r in points], [float(r["y"]) for r in points],
                          label=kind.replace("_", "-"), **STYLE[kind])
         axis.set(title=f"{task} ({mine[0]['method']})", xticks=[], yticks=[])
-    for axis in list(axes.flat)[len(tasks):]:
-        axis.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, axes, len(tasks), path)
 
 
 def plot_trajectory(rows: list[dict], context: list[dict], path: Path) -> None:
@@ -261,9 +262,7 @@ def plot_trajectory(rows: list[dict], context: list[dict], path: Path) -> None:
         bottom.set(xlabel="timestep the step started from", ylabel="select score of the decoded latents")
         bottom.invert_xaxis()
         top.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, axes, axes.size, path)
 
 
 def plot_interpolation(rows: list[dict], path: Path) -> None:
@@ -277,11 +276,7 @@ def plot_interpolation(rows: list[dict], path: Path) -> None:
                       label=f"{pair} ({line[0]['partner']})")
         axis.set(title=task, xlabel="l in (1-l)A + lB", ylabel="select score")
         axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(tasks):]:
-        axis.set_visible(False)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, axes, len(tasks), path)
 
 
 LOSSES = {"autoencoder": ("ae_train_mse",), "diffusion": ("diffusion_train_loss",),
