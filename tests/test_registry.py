@@ -5,11 +5,8 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import replace
 
@@ -19,6 +16,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import save_file
 
+from condpdiff import servers
 from condpdiff.artifacts import GeneratorFiles
 from condpdiff.autoencoder import Autoencoder, AutoencoderSpec, save_autoencoder
 from condpdiff.bundle import BundleError, GeneratorBundle, Request, file_digest, write_bundle
@@ -28,38 +26,14 @@ from condpdiff.diffusion import make_scheduler, save_diffusion
 from condpdiff.lora import build_peft_model, load_base_model, model_layout, save_layouts
 from condpdiff.normalize import fit_normalizer
 from condpdiff.registry import MODEL_NAME, PromotionRefused, lineage_tags, promote, register_generator
-from conftest import TINY_PARAMS
+from conftest import REPO, TINY_PARAMS
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import serve_load  # noqa: E402
 
 PARAMS = replace(TINY_PARAMS, norm=Norm.task,  # the parts below are task-normalized (the paper's protocol)
                  data=replace(TINY_PARAMS.data, tasks=["sst2", "stsb"]),
                  generate=replace(TINY_PARAMS.generate, inference_steps=4))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +59,15 @@ def trained_parts(tmp_path_factory) -> GeneratorFiles:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    process = subprocess.Popen(
+    port = servers.free_port()
+    process = servers.start(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1"],
-        stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+         "--workers", "1"], folder / "server.log", url=f"http://127.0.0.1:{port}/health")
     try:
-        _wait(f"http://127.0.0.1:{port}/health", process)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        servers.stop(process)
 
 
 def _register(parts, select_score: float) -> str:
@@ -151,31 +123,29 @@ def test_register_promote_refuse_force_and_load(mlflow_server, trained_parts, mo
     assert list(out["sample"]) == [0, 1]
 
 
-@pytest.mark.slow  # `mlflow models serve` in a subprocess: ~30 s
-def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+@pytest.fixture(scope="module")
+def served(mlflow_server, trained_parts, tmp_path_factory):
+    """@champion behind `mlflow models serve`, started as a user starts it (the load benchmark's launcher)."""
     mlflow.set_tracking_uri(mlflow_server)
-    mlflow.set_experiment("registry-test")
-    version = _register(trained_parts, 99.0)
-    promote(version)
+    mlflow.set_experiment("registry-serve-test")
+    promote(_register(trained_parts, 99.0), force=True, reason="the served version of this module")
+    process, url = serve_load.serve(f"models:/{MODEL_NAME}@champion", tmp_path_factory.mktemp("serve"),
+                                    env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    try:
+        yield url
+    finally:
+        servers.stop(process)
+
+
+@pytest.mark.slow  # `mlflow models serve` in a subprocess: ~30 s
+def test_served_adapter_equals_cli_output_and_loads(served, mlflow_server, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "condpdiff", "generate", "--model", f"models:/{MODEL_NAME}@champion",
                           "--task", "sst2", "--samples", "2", "--seed", "3", "--out", str(tmp_path / "cli")],
                          capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
     assert cli.returncode == 0, cli.stderr[-2000:]
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
-    try:
-        _wait(f"http://127.0.0.1:{port}/ping", server, seconds=180)
-        body = json.dumps({"dataframe_records": [{"task": "sst2", "num_samples": 2, "seed": 3}]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        rows = json.loads(urllib.request.urlopen(request, timeout=300).read())["predictions"]
-    finally:
-        _stop(server)
+    status, answer = serve_load.post(served, {"dataframe_records": [{"task": "sst2", "num_samples": 2, "seed": 3}]})
+    assert status == 200, answer
+    rows = answer["predictions"]
     assert len(rows) == 2
     served = base64.b64decode(rows[0]["adapter_model_safetensors_b64"])
     assert served == (tmp_path / "cli" / "adapter_00" / "adapter_model.safetensors").read_bytes()
@@ -187,6 +157,39 @@ def test_served_adapter_equals_cli_output_and_loads(mlflow_server, trained_parts
     model = PeftModel.from_pretrained(load_base_model(PARAMS.base, 2, seed=9), str(folder))
     result = model.load_adapter(str(folder), adapter_name="check")
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
+
+
+@pytest.mark.slow
+def test_served_generator_refuses_what_it_cannot_do_with_a_readable_error(served):
+    """400 with MLflow's invalid-parameter error naming the problem; no trace, no server paths; nothing computed."""
+    row = {"task": "sst2", "num_samples": 1}
+    for records, message in [
+        ([{**row, "task": "mnli"}], "row 0: unknown task 'mnli'"),
+        ([{**row, "num_samples": 100_000}], "num_samples must be in 1..256"),
+        ([{**row, "num_samples": 256}] * 50, "51200 sample-steps"),  # 50 x 256 x 4 steps: over the 50,000 bound
+        ([row] * 65, "65 rows"),
+        ([{"description": "x" * 2_000_000}], "2000000 characters"),
+        ([{**row, "examples": "not json"}], "Expecting value"),
+        ([{**row, "examples": json.dumps([1, 2])}], "list of strings"),
+        ([{**row, "steps": 0}], "steps must be in 1..20"),
+    ]:
+        status, answer = serve_load.post(served, {"dataframe_records": records})
+        assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", (records[0], answer)
+        assert message in answer["message"], answer["message"]
+        assert "stack_trace" not in answer and "Traceback" not in answer["message"]
+        assert str(REPO) not in answer["message"] and "site-packages" not in answer["message"]
+    urllib.request.urlopen(f"{served}/ping", timeout=5)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_get_the_bytes_each_gets_alone_and_ping_answers_throughout(served):
+    """The small CI version of `benchmarks/serve_load.py`: 16 requests 4 at a time. One PEFT model per head is
+    shared by the server's threads; without the bundle's lock two requests would save each other's weights."""
+    result = serve_load.load(served, serve_load.bodies(["sst2", "stsb"], seeds=3, steps=4), requests=16, concurrency=4,
+                             ping_every=0.2)
+    assert result["correct"] == 16, result["errors"]
+    assert result["pings"] >= 1 and not result["ping_failures"]
+    assert 0 < result["p50_seconds"] <= result["p99_seconds"] <= result["max_seconds"]
 
 
 def _condition_only_bundle(trained_parts, tmp_path) -> GeneratorBundle:

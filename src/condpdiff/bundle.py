@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,9 @@ class GeneratorBundle:
         self.lora = LoraConfig(**self.spec["lora"])
         self._encoder = None
         self._models: dict[int, object] = {}
+        # a server calls one bundle from many threads: the shared PEFT models (load a vector, save it) and the
+        # tokenizer (its truncation state) must not interleave; sampling has its own RNG and runs unlocked
+        self._lock = threading.Lock()
 
     def _check_installed(self) -> None:
         if self.spec["base_fingerprint"] and weights_fingerprint(self.spec["base_model"]) != self.spec["base_fingerprint"]:
@@ -126,10 +130,12 @@ class GeneratorBundle:
         same_head = [t for t in tasks if self.num_labels[t] == request.num_labels]
         if not same_head:
             raise BundleError(f"no known task has num_labels={request.num_labels}: no layout for its head")
-        if self._encoder is None:
-            self._encoder = MiniLMTextEncoder(self.base)
         text = request_text(request.description, request.examples)
-        return self._encoder.encode([text])[0], stats_index, self.layouts[same_head[0]], request.num_labels
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = MiniLMTextEncoder(self.base)
+            condition = self._encoder.encode([text])[0]
+        return condition, stats_index, self.layouts[same_head[0]], request.num_labels
 
     def check(self, request: Request) -> tuple[torch.Tensor, int | None, Layout, int]:
         """Validate a request before any generation; returns what `_condition` resolves."""
@@ -142,6 +148,11 @@ class GeneratorBundle:
             raise BundleError(f"steps must be in 1..{timesteps} (the timesteps it was trained on), got {request.steps}")
         return self._condition(request)
 
+    def work(self, request: Request) -> int:
+        """Denoiser passes over single samples that `request` costs: num_samples x steps (x2 with guidance)."""
+        passes = 2 if self.spec.get("guidance", 1.0) != 1.0 else 1
+        return request.num_samples * (request.steps or self.spec["inference_steps"]) * passes
+
     def generate_vectors(self, request: Request) -> tuple[torch.Tensor, Layout, int]:
         condition, stats_index, layout, num_labels = self.check(request)
         vectors = self.generator.generate(
@@ -152,12 +163,12 @@ class GeneratorBundle:
     def write_adapters(self, request: Request, out: Path) -> list[Path]:
         """PEFT adapter folders out/adapter_00, ... (the layout of the `generate` stage)."""
         vectors, layout, num_labels = self.generate_vectors(request)
-        if num_labels not in self._models:
-            self._models[num_labels] = build_peft_model(self.base, self.lora, num_labels, self.spec["seed"])
-        folders = []
-        for k, vector in enumerate(vectors):
-            folders.append(Path(out) / f"adapter_{k:02d}")
-            write_adapter(self._models[num_labels], vector, layout, folders[-1])
+        folders = [Path(out) / f"adapter_{k:02d}" for k in range(len(vectors))]
+        with self._lock:
+            if num_labels not in self._models:
+                self._models[num_labels] = build_peft_model(self.base, self.lora, num_labels, self.spec["seed"])
+            for vector, folder in zip(vectors, folders):
+                write_adapter(self._models[num_labels], vector, layout, folder)
         return folders
 
     def adapter_files(self, request: Request) -> list[dict[str, bytes]]:

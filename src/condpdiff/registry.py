@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -12,7 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from condpdiff.artifacts import GeneratorFiles
-from condpdiff.bundle import GeneratorBundle, Request, file_digest, write_bundle
+from condpdiff.bundle import BundleError, GeneratorBundle, Request, file_digest, write_bundle
 from condpdiff.config import Params
 
 MODEL_NAME = "condpdiff-generator"
@@ -38,13 +40,73 @@ def _value(row: pd.Series, name: str, default=None):
 
 def request_from_row(row: pd.Series) -> Request:
     examples = _value(row, "examples")
-    return Request(
-        task=_value(row, "task"), description=_value(row, "description"),
-        examples=json.loads(examples) if isinstance(examples, str) else examples,
-        num_labels=int(_value(row, "num_labels", 2)), stats_task=_value(row, "stats_task"),
-        num_samples=int(_value(row, "num_samples", 1)), seed=int(_value(row, "seed", 0)),
-        sampler=_value(row, "sampler"), steps=None if _value(row, "steps") is None else int(row["steps"]),
-    )
+    try:
+        if isinstance(examples, str):
+            examples = json.loads(examples)
+        if examples is not None and not (isinstance(examples, list) and all(isinstance(e, str) for e in examples)):
+            raise ValueError("examples must be a JSON list of strings")
+        steps = _value(row, "steps")
+        return Request(
+            task=_value(row, "task"), description=_value(row, "description"), examples=examples,
+            num_labels=int(_value(row, "num_labels", 2)), stats_task=_value(row, "stats_task"),
+            num_samples=int(_value(row, "num_samples", 1)), seed=int(_value(row, "seed", 0)),
+            sampler=_value(row, "sampler"), steps=None if steps is None else int(steps),
+        )
+    except (TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise BundleError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one request may ask of a served generator. `work` counts denoiser passes over single samples,
+    summed over rows: num_samples x sampler steps (x2 with guidance). On 2 cores 50,000 of them take about
+    15 s (DDPM-1000 at K=100 measured 0.28 s per adapter), well inside the scoring server's 60 s timeout,
+    after which it answers 504 but its worker thread would compute on. The body itself is read before the
+    model sees it: cap its bytes in the proxy in front of the server (README, Running as a team)."""
+    rows: int = 64
+    work: int = 50_000
+    text_chars: int = 4_000  # the encoder reads at most 256 tokens; longer text only costs
+    examples: int = 16
+
+    @classmethod
+    def from_env(cls) -> "ServingLimits":
+        values = {}
+        for name in ("rows", "work", "text_chars", "examples"):
+            raw = os.environ.get(f"CONDPDIFF_SERVE_MAX_{name.upper()}")
+            if raw is not None:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise BundleError(f"CONDPDIFF_SERVE_MAX_{name.upper()} must be an integer, got {raw!r}") from None
+        return cls(**values)
+
+    def check_size(self, requests: list[Request]) -> None:
+        """Rows and text lengths: checked before anything reads the text."""
+        if len(requests) > self.rows:
+            raise BundleError(f"{len(requests)} rows in one request; at most {self.rows}")
+        for i, request in enumerate(requests):
+            texts = [request.description or ""] + list(request.examples or [])
+            longest = max(len(text) for text in texts)
+            if longest > self.text_chars:
+                raise BundleError(f"row {i}: a description or example of {longest} characters; at most {self.text_chars}")
+            if len(request.examples or []) > self.examples:
+                raise BundleError(f"row {i}: {len(request.examples)} examples; at most {self.examples}")
+
+    def check_work(self, work: list[int]) -> None:
+        if sum(work) > self.work:
+            raise BundleError(f"the request asks for {sum(work)} sample-steps (num_samples x steps, summed over rows); "
+                              f"at most {self.work}: ask for fewer samples or steps, or split the request")
+
+
+def _each_row(items, action) -> list:
+    """`action` on each row; an error names the row."""
+    results = []
+    for i, item in enumerate(items):
+        try:
+            results.append(action(item))
+        except BundleError as error:
+            raise BundleError(f"row {i}: {error}") from None
+    return results
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
@@ -52,11 +114,16 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.bundle = GeneratorBundle(Path(context.artifacts["bundle"]))
+        self.limits = ServingLimits.from_env()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        requests = [request_from_row(row) for _, row in model_input.iterrows()]
-        for request in requests:  # check every row before generating anything
-            self.bundle.check(request)
+        try:  # every row is checked before anything is generated
+            requests = _each_row((row for _, row in model_input.iterrows()), request_from_row)
+            self.limits.check_size(requests)
+            _each_row(requests, self.bundle.check)
+            self.limits.check_work([self.bundle.work(request) for request in requests])
+        except BundleError as error:  # the client reads the message; no trace, no server paths
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(str(error)) from None
         rows = []
         for i, request in enumerate(requests):
             for k, files in enumerate(self.bundle.adapter_files(request)):
