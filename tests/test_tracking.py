@@ -1,10 +1,13 @@
 """MLflow glue: the store resolves to the main repo, and a failing stage leaves its run FAILED."""
 
+import os
+
 import mlflow
 import pytest
 
 from condpdiff.config import flatten_dict, params_to_dict
-from condpdiff.tracking import repo_root, stage_run, tracking_uri
+from condpdiff.tracking import (PROCESS_TAG, fail_abandoned_runs, process_identity, repo_root, setup_experiment,
+                                stage_run, tracking_uri)
 from conftest import REPO, TINY_PARAMS
 
 
@@ -61,3 +64,15 @@ def test_killed_stage_is_marked_failed(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert mlflow.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_run_of_a_dead_process_on_another_host_is_left_alone_unless_old():
+    experiment = setup_experiment("abandoned-runs")
+    client = mlflow.MlflowClient()
+    elsewhere = client.create_run(experiment, tags={PROCESS_TAG: "other-host:abcd:1:1"}).info.run_id
+    dead = client.create_run(experiment, tags={PROCESS_TAG: process_identity(os.getpid())[:-1] + "x"}).info.run_id
+    alive = client.create_run(experiment, tags={PROCESS_TAG: process_identity()}).info.run_id
+    assert fail_abandoned_runs(client, experiment) == [dead]
+    assert client.get_run(elsewhere).info.status == client.get_run(alive).info.status == "RUNNING"
+    assert fail_abandoned_runs(client, experiment, older_than_hours=0.0) == [elsewhere]
+    assert client.get_run(alive).info.status == "RUNNING"

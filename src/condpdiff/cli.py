@@ -33,11 +33,15 @@ def _promote(args) -> None:
 
 def _tune(args) -> None:
     from condpdiff.config import load_params
-    from condpdiff.tune import run_tune
+    from condpdiff.tune import HEARTBEAT_SECONDS, run_tune
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     params = load_params(args.params)
     text = run_tune(params, Path(args.prepared), args.tasks, args.trials, args.steps or params.collect.steps,
-                    args.storage, args.study, Path(args.out), args.ranks)
+                    args.storage, args.study, Path(args.out), args.ranks, args.heartbeat or HEARTBEAT_SECONDS)
     print(text or "no completed trial yet")
 
 
@@ -215,6 +219,15 @@ def _figures(args) -> None:
         print(path)
     print(f"MLflow run {run.info.run_id}")
 
+def _cleanup(args) -> None:
+    import mlflow
+
+    from condpdiff.tracking import fail_abandoned_runs, setup_experiment
+
+    failed = fail_abandoned_runs(mlflow.MlflowClient(), setup_experiment(), args.older_than)
+    print(f"marked FAILED: {', '.join(failed) or 'none'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m condpdiff")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite under mlruns/); share it across workers")
     tune.add_argument("--study", default="lora-search")
     tune.add_argument("--out", default="reports/tune_best.txt")
+    tune.add_argument("--threads", type=int, help="torch threads of this worker (workers sharing a machine: "
+                                                   "cores / workers)")
+    tune.add_argument("--heartbeat", type=int, help="seconds between a trial's heartbeats (default 60); a trial "
+                                                     "silent for 3 of them is FAILED and retried")
     tune.set_defaults(run=_tune)
     ablate = commands.add_parser("ablate", help="one of the paper's ablation grids, on the collected corpus")
     ablate.add_argument("name", help="n | norm | condition | layers")
@@ -319,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--mix-points", type=int, default=5, help="values of l per interpolation line")
     figures.add_argument("--out", default="reports/figures")
     figures.set_defaults(run=_figures)
+    runs = commands.add_parser("runs", help="MLflow runs: `runs cleanup` ends runs whose process died as FAILED")
+    runs_commands = runs.add_subparsers(dest="action", required=True)
+    cleanup = runs_commands.add_parser("cleanup", help="RUNNING runs of a dead process on this host become FAILED")
+    cleanup.add_argument("--older-than", type=float, metavar="HOURS",
+                         help="also runs of other hosts RUNNING for longer than this (their process cannot be seen)")
+    cleanup.set_defaults(run=_cleanup)
     args = parser.parse_args(argv)
     try:
         args.run(args)

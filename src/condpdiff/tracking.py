@@ -2,24 +2,44 @@
 
 The store defaults to `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
 `<repo>/mlruns/artifacts`, where <repo> is the main repository even when DVC runs a stage
-in a temporary experiment folder under `<repo>/.dvc/`. `MLFLOW_TRACKING_URI` overrides.
+in a temporary experiment folder under `<repo>/.dvc/`. `MLFLOW_TRACKING_URI` overrides
+(a team's tracking server: README, Running as a team).
+
+Against a server, a stage checks that it answers before any work and fails within seconds
+when it does not (MLflow's own HTTP defaults retry for minutes). Every run records the process
+that owns it; a run whose process died without ending it (SIGKILL, out of memory, a server that
+was down at the end) is marked FAILED by the next run of its stage on that host, or by
+`python -m condpdiff runs cleanup`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from mlflow.entities import RunStatus
 
 from condpdiff.config import Params, flatten_dict, params_hash, params_to_dict
 
 EXPERIMENT = "condpdiff"
 MAX_PARAM_LENGTH = 500  # MLflow refuses longer param values
+# against a server: a few quick retries (~7 s), not MLflow's default of minutes; a user's own settings win
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PROCESS_TAG = "process"  # host:boot:pid:start of the process that owns a run
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer."""
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -42,9 +62,28 @@ def tracking_uri() -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
+def check_server(uri: str, seconds: float = 5.0) -> None:
+    """An http(s) tracking URI must answer within `seconds` (any HTTP status: behind basic-auth it is 401)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=seconds).close()
+    except urllib.error.HTTPError:
+        return
+    except OSError as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} does not answer ({reason}); start it, or unset "
+                                  "MLFLOW_TRACKING_URI to use the local store") from None
+
+
 def setup_experiment(name: str = EXPERIMENT) -> str:
     """Create the experiment once and make it the active one (nested runs land in it too)."""
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_SETTINGS.items():
+            os.environ.setdefault(key, value)
+        check_server(uri)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         artifacts = None
@@ -64,29 +103,109 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _process_start(pid: int) -> str:
+    """When the process started (clock ticks since boot), so a reused pid is not taken for the old process;
+    'Z' for a zombie (killed, not yet reaped: dead)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "?"
+    return "Z" if fields[0] == "Z" else fields[19]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "?"
+
+
+def process_identity(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{_boot_id()}:{pid}:{_process_start(pid)}"
+
+
+def _owner_alive(identity: str) -> bool | None:
+    """Whether the process that owns a run still runs: None when it ran on another host (unknowable here)."""
+    host, boot, pid, start = (identity.rsplit(":", 3) + ["?"] * 4)[:4]
+    if host != socket.gethostname():
+        return None
+    if boot != _boot_id() or not pid.isdigit():
+        return False
+    return Path(f"/proc/{pid}").exists() and _process_start(int(pid)) == start
+
+
+def fail_abandoned_runs(client, experiment_id: str, older_than_hours: float | None = None) -> list[str]:
+    """RUNNING runs whose process is gone become FAILED, their RUNNING children too. A dead process cannot
+    go on with its run, so any stage may mark any such run. A run from another host is judged by age alone,
+    and only when `older_than_hours` is given."""
+    failed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        alive = _owner_alive(run.data.tags.get(PROCESS_TAG, ""))
+        age_hours = (time.time() - run.info.start_time / 1000) / 3600
+        if alive is False or (alive is None and older_than_hours is not None and age_hours > older_than_hours):
+            reason = ("its process ended without ending the run (killed, or the server was unreachable then)"
+                      if alive is False else f"RUNNING for {age_hours:.1f} h on another host")
+            for child in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and "
+                                            f"tags.mlflow.parentRunId = '{run.info.run_id}'", max_results=1000):
+                _fail(client, child.info.run_id, f"its parent run {run.info.run_id} was abandoned")
+                failed.append(child.info.run_id)
+            _fail(client, run.info.run_id, reason)
+            failed.append(run.info.run_id)
+    return failed
+
+
+def _fail(client, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, "failed_reason", reason)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, **tags: str) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one DVC stage, tagged so a whole `dvc repro` can be grouped.
 
     The run carries the whole validated params file, flattened: the compare view then shows the
     param that made two runs differ (a sampler, say) beside the metric it changed, whichever
-    stage it belongs to.
+    stage it belongs to. Runs abandoned by a dead process on this host are FAILED first.
     """
     experiment_id = setup_experiment()
+    fail_abandoned_runs(mlflow.MlflowClient(), experiment_id)
     tags = {
         "stage": stage,
         "git_commit": git_commit(),
         "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
         "pipeline_id": params_hash(params),
         "norm": params.norm.value,
+        PROCESS_TAG: process_identity(),
         **tags,
     }
     flat = flatten_dict(params_to_dict(params))
     # a SIGTERM (dvc interrupted, a job killed) becomes SystemExit, so the run still ends FAILED
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    with mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=tags) as run:
+    run = mlflow.start_run(run_name=stage, experiment_id=experiment_id, tags=tags)
+    try:
         mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items()})
-        yield run  # ActiveRun.__exit__ ends the run FAILED if the stage raises
+        yield run
+    except BaseException as error:
+        _end_failed(stage, error)
+        raise
+    mlflow.end_run()
+
+
+def _end_failed(stage: str, error: BaseException) -> None:
+    """End the active run FAILED. A server that stopped answering is named as the cause; the run it cannot
+    mark stays RUNNING until the next run of the stage (or `runs cleanup`) marks it."""
+    uri = mlflow.get_tracking_uri()
+    try:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        return
+    except Exception:  # the server went away: the stage's own error matters, the run is marked later
+        pass
+    try:
+        check_server(uri)
+    except TrackingUnavailable as down:
+        raise TrackingUnavailable(f"stage {stage}: {down}; the run stays RUNNING until the next run of this stage "
+                                  "or `python -m condpdiff runs cleanup` marks it FAILED") from error
 
 
 def metric_logger(prefix: str = ""):

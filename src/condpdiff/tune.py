@@ -2,7 +2,10 @@
 
 Every trial is an MLflow run nested under the study's run; a failing trial is FAILED in both
 Optuna and MLflow and the study goes on. Storage: SQLite under mlruns/ by default (created
-once, before workers start), or any RDB URL shared by workers on many machines.
+once, before workers start), or any RDB URL shared by workers on many machines (PostgreSQL:
+README, Running as a team). A running trial beats a heartbeat; a trial whose worker died
+(SIGKILL, a lost machine) is FAILED by the next worker that starts a trial after the grace
+period, and its parameters are tried once more.
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ from condpdiff.evaluation import task_scorer
 from condpdiff.glue import read_jsonl
 from condpdiff.lora import flatten_model, load_tokenizer
 from condpdiff.report import AblationRow, write_ablation_tables
-from condpdiff.tracking import repo_root, setup_experiment
+from condpdiff.tracking import PROCESS_TAG, fail_abandoned_runs, process_identity, repo_root, setup_experiment
 
 RANKS = [1, 2, 4, 8, 16]
 ALPHAS = [1, 2, 4, 8, 16, 32]
 ABLATION_TASKS = ["sst2", "stsb", "mrpc"]
+HEARTBEAT_SECONDS = 60  # a trial is stale after GRACE_HEARTBEATS beats missed
+GRACE_HEARTBEATS = 3
 
 
 class TuneError(ValueError):
@@ -39,11 +44,18 @@ def default_storage() -> str:
     return f"sqlite:///{store / 'optuna.db'}"
 
 
-def open_study(name: str, storage: str, direction: str, sampler=None, pruner=None) -> optuna.Study:
+def rdb_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.storages.RDBStorage:
+    """`url` with heartbeats: a dead worker's trial becomes FAIL and is retried once with the same parameters."""
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=heartbeat * GRACE_HEARTBEATS,
+                                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+
+def open_study(name: str, storage: str, direction: str, sampler=None, pruner=None,
+               heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
     """Create the study once or join it; a study of that name with another direction is an error."""
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                                    pruner=pruner, load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=rdb_storage(storage, heartbeat), direction=direction,
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
     except Exception as error:  # unreachable or invalid storage: say which
         raise TuneError(f"cannot open Optuna storage {storage!r}: {error}") from None
     if study.direction.name.lower() != direction:
@@ -65,7 +77,8 @@ def _study_run(study: optuna.Study, kind: str) -> str:
 
 def _trial_run(study: optuna.Study, trial: optuna.Trial, parent: str):
     return mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=setup_experiment(), parent_run_id=parent,
-                            tags={"optuna_study": study.study_name, "optuna_trial": str(trial.number)})
+                            tags={"optuna_study": study.study_name, "optuna_trial": str(trial.number),
+                                  PROCESS_TAG: process_identity()})
 
 
 def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int, study: optuna.Study, parent: str,
@@ -116,7 +129,7 @@ def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int,
 
 
 def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, steps: int, storage: str | None,
-             study_name: str, out: Path, ranks: list[int] = RANKS) -> str | None:
+             study_name: str, out: Path, ranks: list[int] = RANKS, heartbeat: int = HEARTBEAT_SECONDS) -> str | None:
     """`ranks` narrows the rank choices (every worker of a study must pass the same ones): the generator's
     cost grows with the LoRA vector, so r=16 makes the applied `dvc exp run` far slower on CPU."""
     unknown = [t for t in tasks if t not in TASKS]
@@ -128,8 +141,10 @@ def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, step
     if missing:
         raise TuneError(f"no prepared splits for {missing} in {prepared}: run `dvc repro prepare`")
     study = open_study(study_name, storage or default_storage(), "maximize",
-                       pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=steps // 2))
+                       pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=steps // 2),
+                       heartbeat=heartbeat)
     parent = _study_run(study, "tune")
+    fail_abandoned_runs(mlflow.MlflowClient(), setup_experiment())  # trial runs of workers killed on this host
     if trials > 0:
         study.optimize(lora_objective(params, prepared, tasks, steps, study, parent, ranks), n_trials=trials,
                        catch=(Exception,))
