@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from condpdiff.artifacts import LATENTS, MODEL, NORMALIZED, SUMMARY
 from condpdiff.autoencoder import encode_latents, fit_autoencoder, save_autoencoder
 from condpdiff.config import load_params
+from condpdiff.distributed import world
 from condpdiff.tracking import metric_logger, stage_run
 
 
@@ -24,6 +25,8 @@ def main() -> None:
         data = load_file(str(args.normalized / NORMALIZED))
         corpus, task_index = data["corpus"], data["task_index"]
         model = fit_autoencoder(params.autoencoder, corpus, params.seed, on_step=metric_logger())
+        if not world().is_main:  # torchrun: rank 0 writes the outputs
+            return
         latents = encode_latents(model, corpus)
         with torch.inference_mode():
             reconstruction_mse = torch.nn.functional.mse_loss(model.decode(latents), corpus).item()

@@ -10,6 +10,7 @@ import torch
 from condpdiff.artifacts import CHECKPOINTS, ORIGINAL, TASK_LAYOUT, split_file
 from condpdiff.config import load_params
 from condpdiff.corpus import save_task_corpus, spaced_indices
+from condpdiff.distributed import world
 from condpdiff.evaluation import task_scorer
 from condpdiff.finetune import finetune_and_collect
 from condpdiff.glue import TASK_SPECS, headline, read_jsonl
@@ -34,6 +35,8 @@ def main() -> None:
         scorer = task_scorer(params.base, params.lora, task, recipe.eval_batch_size, params.seed)
         checkpoints, steps = finetune_and_collect(scorer.model, scorer.tokenizer, task, train, recipe, scorer.layout,
                                                   params.base.max_length, params.seed, on_step=metric_logger())
+        if not world().is_main:  # torchrun: rank 0 writes the outputs
+            return
         save_task_corpus(args.out / CHECKPOINTS, checkpoints, steps)
         scored = spaced_indices(recipe.originals_scored, len(steps))
         best, scores = scorer.best_on_select(checkpoints[scored], select)

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from condpdiff.artifacts import CONDITION_TEXTS, CONDITIONS, LATENTS, MODEL, STATS
 from condpdiff.config import ConditionType, load_params
 from condpdiff.diffusion import fit_denoiser, save_diffusion
+from condpdiff.distributed import world
 from condpdiff.normalize import Normalizer
 from condpdiff.tracking import metric_logger, stage_run
 from condpdiff.training import fit_condition_mean
@@ -34,6 +35,8 @@ def main() -> None:
         mean_predictor = fit_condition_mean(params, normalizer, bank, on_step=metric_logger())
         model, scheduler, latent_scale = fit_denoiser(params.diffusion, latents, task_index, bank, learned,
                                                       params.seed, on_step=metric_logger())
+        if not world().is_main:  # torchrun: rank 0 writes the outputs
+            return
         args.out.mkdir(parents=True, exist_ok=True)
         save_diffusion(model, scheduler, latent_scale, args.out / MODEL, mean_predictor)
         mlflow.log_metrics({"latent_scale": latent_scale, "parameters": sum(p.numel() for p in model.parameters())})

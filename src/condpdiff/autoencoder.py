@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from condpdiff.config import AutoencoderConfig
+from condpdiff.distributed import world
 
 
 @dataclass(frozen=True)
@@ -92,15 +93,20 @@ def train_autoencoder(
     seed: int,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> Autoencoder:
-    """Minimize MSE on the (M, L) normalized corpus with AdamW and cosine decay."""
+    """Minimize MSE on the (M, L) normalized corpus with AdamW and cosine decay. Under torchrun each rank
+    trains on its share of every global batch (condpdiff.distributed)."""
+    ranks = world()
+    ranks.check_batch(min(cfg.batch_size, data.shape[0]), "autoencoder")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * cfg.lr_min_factor)
     model.train()
+    trained = ranks.wrap(model)
     for step in tqdm(range(1, cfg.steps + 1), desc="autoencoder", leave=False):
-        batch = data[torch.randint(0, data.shape[0], (min(cfg.batch_size, data.shape[0]),), generator=generator)]
-        loss = F.mse_loss(model(batch), batch)
+        batch = data[ranks.shard(torch.randint(0, data.shape[0], (min(cfg.batch_size, data.shape[0]),),
+                                               generator=generator))]
+        loss = F.mse_loss(trained(batch), batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"autoencoder loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

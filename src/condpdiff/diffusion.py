@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from condpdiff.config import DiffusionConfig
 from condpdiff.denoiser import Denoiser, denoiser_spec, restore_denoiser
+from condpdiff.distributed import world
 from condpdiff.mean_predictor import MeanPredictor, restore_mean_predictor
 
 
@@ -29,11 +30,13 @@ def q_sample(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t:
 
 
 def p_losses(model: Denoiser, scheduler: DDPMScheduler, x0: torch.Tensor, condition: torch.Tensor,
-             generator: torch.Generator) -> torch.Tensor:
+             generator: torch.Generator, shard=lambda rows: rows) -> torch.Tensor:
     """The loss at one random timestep per sample, on the scheduler's prediction type: the noise
-    (epsilon), x0 (sample) or the velocity (v_prediction)."""
+    (epsilon), x0 (sample) or the velocity (v_prediction). Noise and timesteps are drawn for the whole
+    batch, then `shard` keeps this rank's rows (under torchrun; the whole batch otherwise)."""
     noise = torch.randn(x0.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    x0, condition, noise, t = shard(x0), shard(condition), shard(noise), shard(t)
     kind = scheduler.config.prediction_type
     target = noise if kind == "epsilon" else x0 if kind == "sample" else scheduler.get_velocity(x0, noise, t)
     return F.mse_loss(model(q_sample(scheduler, x0, noise, t), t, condition), target)
@@ -69,17 +72,21 @@ def train_diffusion(
     on_step: Callable[[int, dict], None] | None = None,
 ) -> Denoiser:
     """latents (M, C, L) scaled to unit variance, their task ids (M,) and each task's condition
-    variants (T, B, D): every step draws one variant per latent."""
+    variants (T, B, D): every step draws one variant per latent. Under torchrun each rank trains on its
+    share of every global batch (condpdiff.distributed)."""
+    ranks = world()
+    ranks.check_batch(min(cfg.batch_size, latents.shape[0]), "diffusion")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * cfg.lr_min_factor)
     average = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema_decay > 0 else None
     model.train()
+    trained = ranks.wrap(model)
     for step in tqdm(range(1, cfg.steps + 1), desc="diffusion", leave=False):
         index = torch.randint(0, latents.shape[0], (min(cfg.batch_size, latents.shape[0]),), generator=generator)
         conditions = drop_conditions(draw_conditions(bank, task_index[index], generator), cfg.cfg_dropout, generator)
-        loss = p_losses(model, scheduler, latents[index], conditions, generator)
+        loss = p_losses(trained, scheduler, latents[index], conditions, generator, ranks.shard)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"diffusion loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from condpdiff.config import CollectConfig
+from condpdiff.distributed import world
 from condpdiff.glue import TASK_SPECS, Example
 from condpdiff.lora import Layout, flatten_model
 
@@ -93,7 +94,10 @@ def finetune_and_collect(
     seed: int,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """Train LoRA + head; return the kept flat vectors (N, L) and their steps."""
+    """Train LoRA + head; return the kept flat vectors (N, L) and their steps. Under torchrun each rank trains
+    on its share of every global batch (condpdiff.distributed)."""
+    ranks = world()
+    ranks.check_batch(cfg.batch_size, "collect")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
@@ -107,10 +111,11 @@ def finetune_and_collect(
     batches = training_batches(token_lengths(tokenizer, train, max_length), cfg.batch_size, cfg.length_groups, rng)
     kept, kept_at = [], []
     model.train()
+    trained = ranks.wrap(model)
     for step in tqdm(range(1, cfg.steps + 1), desc=f"fine-tune {task}", leave=False):
-        batch = [train[i] for i in next(batches)]
+        batch = [train[i] for i in ranks.shard(next(batches))]
         inputs = encode(tokenizer, batch, max_length)
-        loss = model(**inputs, labels=label_tensor(task, batch)).loss
+        loss = trained(**inputs, labels=label_tensor(task, batch)).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{task}: loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

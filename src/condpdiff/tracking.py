@@ -166,8 +166,12 @@ def stage_run(stage: str, params: Params, **tags: str) -> Iterator[mlflow.Active
 
     The run carries the whole validated params file, flattened: the compare view then shows the
     param that made two runs differ (a sampler, say) beside the metric it changed, whichever
-    stage it belongs to. Runs abandoned by a dead process on this host are FAILED first.
+    stage it belongs to. Runs abandoned by a dead process on this host are FAILED first. Under torchrun
+    rank 0 alone tracks the stage (the other ranks get None).
     """
+    if not _main_rank():
+        yield None
+        return
     experiment_id = setup_experiment()
     fail_abandoned_runs(mlflow.MlflowClient(), experiment_id)
     tags = {
@@ -208,8 +212,15 @@ def _end_failed(stage: str, error: BaseException) -> None:
                                   "or `python -m condpdiff runs cleanup` marks it FAILED") from error
 
 
+def _main_rank() -> bool:
+    """Rank 0 of a torchrun launch (its RANK variable), or no launch at all: the process that tracks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def metric_logger(prefix: str = ""):
-    """An `on_step(step, metrics)` callback that logs to the active run."""
+    """An `on_step(step, metrics)` callback that logs to the active run (nothing on ranks other than 0)."""
+    if not _main_rank():
+        return lambda step, metrics: None
 
     def on_step(step: int, metrics: dict) -> None:
         mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
