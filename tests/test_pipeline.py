@@ -11,12 +11,14 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
+from condpdiff import servers
 from conftest import copy_repo
 
 pytestmark = pytest.mark.slow
@@ -27,8 +29,8 @@ def _store(repo: Path) -> str:
     return f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
 
 
-def _run(repo: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": _store(repo)}
+def _run(repo: Path, *command: str, check: bool = True, uri: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri or _store(repo)}
     result = subprocess.run(list(command), cwd=repo, capture_output=True, text=True, env=env)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -144,6 +146,38 @@ def test_runs_that_differ_in_a_generate_param_show_it_on_the_evaluate_run(tiny_r
         assert set(runs["params.generate.sampler"]) == {"ddim"}
         assert runs["metrics.eval_average_generated"].notna().all()
     assert "up to date" in _run(tiny_repo, DVC, "status").stdout.lower()
+
+
+def test_queued_experiments_run_two_at_a_time_and_land_on_a_shared_server_under_their_names(tiny_repo, tmp_path):
+    """`dvc exp run --queue` of two -S variants, `dvc queue start -j 2`, one tracking server for both."""
+    port = servers.free_port()
+    server = servers.start(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'shared.db'}", "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        tmp_path / "server.log", url=f"http://127.0.0.1:{port}/health")
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        with _restored(tiny_repo):
+            for steps in (3, 4):
+                _run(tiny_repo, DVC, "exp", "run", "--queue", "-S", f"generate.inference_steps={steps}",
+                     "-n", f"steps{steps}", uri=uri)
+            _run(tiny_repo, DVC, "queue", "start", "-j", "2", uri=uri)
+            deadline = time.time() + 900
+            while True:
+                status = _run(tiny_repo, DVC, "queue", "status", uri=uri).stdout
+                if not any(word in status for word in ("Queued", "Running")) or time.time() > deadline:
+                    break
+                time.sleep(5)
+            assert status.count("Success") == 2, status
+    finally:
+        _run(tiny_repo, DVC, "queue", "stop", check=False, uri=uri)
+        servers.stop(server)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'shared.db'}")  # the server's own store
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
+    for name, steps in (("steps3", "3"), ("steps4", "4")):
+        mine = runs[runs["tags.dvc_experiment"] == name]
+        assert {"generate", "evaluate", "register"} <= set(mine["tags.stage"]), name
+        assert set(mine["params.generate.inference_steps"]) == {steps}
 
 
 def test_an_old_lock_restores_the_old_corpus(tiny_repo, tmp_path):
