@@ -2,14 +2,17 @@
 own process group, wait until it answers, stop the whole group. Used by the load benchmark and the tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 
 def free_port() -> int:
@@ -64,3 +67,86 @@ def stop(process: subprocess.Popen, signal_number: int = signal.SIGTERM, seconds
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_missing() -> str | None:
+    """Why PostgreSQL cannot be started here, or None."""
+    if not (PG_BIN / "pg_ctl").is_file():
+        return f"PostgreSQL 15 is not installed ({PG_BIN})"
+    if os.geteuid() == 0:
+        import pwd
+        import shutil
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a `postgres` user: PostgreSQL refuses to run as root"
+        if shutil.which("runuser") is None:
+            return "running as root without `runuser`: PostgreSQL refuses to run as root"
+    return None
+
+
+@contextlib.contextmanager
+def postgres(databases: tuple[str, ...] = ("mlflow", "optuna")) -> Iterator[str]:
+    """A throwaway PostgreSQL server on a free loopback port (trust auth) with `databases`; yields its URL
+    (`postgresql://postgres@127.0.0.1:<port>`, append `/<database>`). As root it runs as `postgres` in a
+    folder that user owns (pytest's temp folders are mode 0700 under root's)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    import psycopg
+
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="condpdiff-pg-"))
+    if as_postgres:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    port = free_port()
+    data = str(folder / "data")
+
+    def run(*command) -> None:
+        subprocess.run([*as_postgres, *map(str, command)], check=True, capture_output=True)
+
+    try:
+        run(PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        run(PG_BIN / "pg_ctl", "-D", data, "-l", folder / "postgres.log", "-w", "-o",
+            f"-h 127.0.0.1 -p {port} -k {folder} -F", "start")
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as connection:
+            for database in databases:
+                connection.execute(f"CREATE DATABASE {database}")
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class TrackingServer:
+    """`mlflow server` on `store` with proxied artifacts under `folder`, bound to loopback; it can be killed
+    and started again on the same port and store."""
+
+    def __init__(self, store: str, folder: Path, extra: tuple[str, ...] = (), env: dict | None = None):
+        self.store, self.folder, self.extra, self.env = store, Path(folder), extra, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "TrackingServer":
+        self.process = start(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", self.store, "--artifacts-destination", str(self.folder / "artifacts"),
+             "--workers", "1", *self.extra], self.folder / "server.log", url=f"{self.url}/health", env=self.env,
+            seconds=180)
+        return self
+
+    def kill(self) -> None:
+        stop(self.process, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
