@@ -97,7 +97,8 @@ def test_basic_auth_lets_a_user_with_rights_move_champion_and_no_one_else(tmp_pa
     config.write_text("[mlflow]\ndefault_permission = READ\n"
                       f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\n"
                       "admin_password = admin-secret-1234\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                      "auth_cache_ttl_seconds = 60\n")
     server = servers.TrackingServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, ("--app-name", "basic-auth"),
                                     env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
                                          "MLFLOW_FLASK_SERVER_SECRET_KEY": "team-test-key"}).start()
