@@ -72,7 +72,10 @@ def load(url: str, distinct: list[dict], requests: int, concurrency: int, ping_e
 
     def one(i: int) -> tuple[float, str | None]:
         start = time.perf_counter()
-        status, answer = post(url, distinct[i % len(distinct)])
+        try:
+            status, answer = post(url, distinct[i % len(distinct)])
+        except (OSError, ValueError) as error:  # a dropped connection, a timeout, a body that is not JSON
+            return time.perf_counter() - start, f"request {i}: {error!r}"
         seconds = time.perf_counter() - start
         if status != 200:
             return seconds, f"request {i}: HTTP {status} {str(answer)[:200]}"
@@ -83,11 +86,13 @@ def load(url: str, distinct: list[dict], requests: int, concurrency: int, ping_e
     pinger = threading.Thread(target=ping, daemon=True)
     pinger.start()
     start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(one, range(requests)))
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+    finally:
+        done.set()
+        pinger.join()
     wall = time.perf_counter() - start
-    done.set()
-    pinger.join()
     latencies = sorted(seconds for seconds, _ in results)
     return {
         "requests": requests, "concurrency": concurrency, "distinct_requests": len(distinct),

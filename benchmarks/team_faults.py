@@ -36,23 +36,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Team:
-    """A working folder with the tiny params, and the commands a team member runs."""
+    """A working folder with the tiny params, and the commands a team member runs. `env` adds to their
+    environment (the tests shorten MLflow's HTTP retries with it; the benchmark keeps the project's)."""
     folder: Path
+    env: dict
 
     @classmethod
-    def create(cls, folder: Path, collect_steps: int = 300) -> "Team":
+    def create(cls, folder: Path, collect_steps: int = 300, env: dict | None = None) -> "Team":
         params = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
         params["collect"]["steps"] = collect_steps
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "params.yaml").write_text(yaml.safe_dump(params))
-        return cls(folder)
+        return cls(folder, env or {})
 
     @property
     def prepared(self) -> Path:
         return self.folder / "prepared" / "sst2"
 
     def command(self, uri: str, *arguments: str, wait: bool = True):
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"}
+        env = {**os.environ, **self.env, "MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"}
         command = [sys.executable, *arguments, "--params", str(self.folder / "params.yaml")]
         if wait:
             return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
@@ -69,7 +71,7 @@ class Team:
     def tune(self, uri: str, storage: str, trials: int, study: str) -> subprocess.Popen:
         return self.command(uri, "-m", "condpdiff", "tune", "--prepared", str(self.prepared.parent), "--tasks", "sst2",
                             "--trials", str(trials), "--steps", "150", "--ranks", "1", "--threads", "1",
-                            "--heartbeat", "1", "--storage", storage, "--study", study,
+                            "--heartbeat", "2", "--storage", storage, "--study", study,
                             "--out", str(self.folder / "best.txt"), wait=False)
 
 
@@ -91,6 +93,18 @@ def wait_for_runs(uri: str, query: str, count: int, processes: list[subprocess.P
                                    f"{process.communicate()[1][-2000:]}")
         time.sleep(0.5)
     raise TimeoutError(f"fewer than {count} runs match {query!r} on {uri}")
+
+
+def reap(process: subprocess.Popen | None) -> None:
+    """Kill a process that is still running and close its pipes."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=60)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def last_line(text: str) -> str:
@@ -118,7 +132,7 @@ def server_killed_mid_stage(team: Team, server: servers.TrackingServer) -> dict:
         _, stderr = collect.communicate(timeout=600)
         seconds = time.perf_counter() - killed
     finally:
-        collect.kill()
+        reap(collect)
     server.start()
     status_after_restart = mlflow.MlflowClient(server.url).get_run(run.info.run_id).info.status
     cleanup = subprocess.run([sys.executable, "-m", "condpdiff", "runs", "cleanup"], capture_output=True, text=True,
@@ -140,7 +154,7 @@ def sigkilled_stage(team: Team, server: servers.TrackingServer) -> dict:
         collect.send_signal(signal.SIGKILL)
         collect.wait(timeout=60)
     finally:
-        collect.kill()
+        reap(collect)
     client = mlflow.MlflowClient(server.url)
     before = client.get_run(run.info.run_id).info.status
     start = time.perf_counter()
@@ -152,10 +166,15 @@ def sigkilled_stage(team: Team, server: servers.TrackingServer) -> dict:
 
 
 def optuna_workers(team: Team, server: servers.TrackingServer, storage: str, study: str = "team") -> dict:
-    """Two workers (2 trials each, one thread each); one SIGKILLed inside a trial; a third (1 trial) starts after
-    the grace period (3 heartbeats of 1 s)."""
+    """The study created once (`--trials 0`), then two workers (2 trials each, one thread each), one SIGKILLed
+    inside a trial, and a third (1 trial) started after the grace period (3 heartbeats of 2 s)."""
     start = time.perf_counter()
+    create = team.tune(server.url, storage, 0, study)
+    _, create_err = create.communicate(timeout=600)
+    if create.returncode:
+        raise RuntimeError(f"creating the study failed: {create_err[-2000:]}")
     killed, survivor = team.tune(server.url, storage, 2, study), team.tune(server.url, storage, 2, study)
+    late = None
     try:
         # both workers inside a trial: its MLflow run exists once the objective runs
         wait_for_runs(server.url, f"tags.optuna_study = '{study}' and attributes.status = 'RUNNING'", 2,
@@ -163,12 +182,12 @@ def optuna_workers(team: Team, server: servers.TrackingServer, storage: str, stu
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=60)
         _, survivor_err = survivor.communicate(timeout=900)
-        time.sleep(4)
+        time.sleep(7)
         late = team.tune(server.url, storage, 1, study)
         _, late_err = late.communicate(timeout=900)
     finally:
-        for process in (killed, survivor):
-            process.kill()
+        for process in (killed, survivor, late):
+            reap(process)
     trials = optuna.load_study(study_name=study, storage=storage).trials
     failed = [t for t in trials if t.state.name == "FAIL"]
     retries = {t.number: t for t in trials if t.system_attrs.get("failed_trial") is not None}

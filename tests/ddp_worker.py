@@ -21,7 +21,6 @@ from condpdiff.distributed import world
 from condpdiff.evaluation import task_scorer
 from condpdiff.finetune import finetune_and_collect
 from condpdiff.glue import TASK_SPECS, read_tsv
-from condpdiff.lora import flatten_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -150,12 +150,8 @@ def test_runs_that_differ_in_a_generate_param_show_it_on_the_evaluate_run(tiny_r
 
 def test_queued_experiments_run_two_at_a_time_and_land_on_a_shared_server_under_their_names(tiny_repo, tmp_path):
     """`dvc exp run --queue` of two -S variants, `dvc queue start -j 2`, one tracking server for both."""
-    port = servers.free_port()
-    server = servers.start(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'shared.db'}", "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        tmp_path / "server.log", url=f"http://127.0.0.1:{port}/health")
-    uri = f"http://127.0.0.1:{port}"
+    server = servers.TrackingServer(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path).start()
+    uri = server.url
     try:
         with _restored(tiny_repo):
             for steps in (3, 4):
@@ -171,13 +167,16 @@ def test_queued_experiments_run_two_at_a_time_and_land_on_a_shared_server_under_
             assert status.count("Success") == 2, status
     finally:
         _run(tiny_repo, DVC, "queue", "stop", check=False, uri=uri)
-        servers.stop(server)
+        server.stop()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'shared.db'}")  # the server's own store
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
+    spans = []
     for name, steps in (("steps3", "3"), ("steps4", "4")):
         mine = runs[runs["tags.dvc_experiment"] == name]
         assert {"generate", "evaluate", "register"} <= set(mine["tags.stage"]), name
         assert set(mine["params.generate.inference_steps"]) == {steps}
+        spans.append((mine["start_time"].min(), mine["end_time"].max()))
+    assert max(start for start, _ in spans) < min(end for _, end in spans)  # -j 2: the two ran at the same time
 
 
 def test_an_old_lock_restores_the_old_corpus(tiny_repo, tmp_path):

@@ -59,15 +59,11 @@ def trained_parts(tmp_path_factory) -> GeneratorFiles:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    port = servers.free_port()
-    process = servers.start(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1"], folder / "server.log", url=f"http://127.0.0.1:{port}/health")
+    server = servers.TrackingServer(f"sqlite:///{folder / 'mlflow.db'}", folder).start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        servers.stop(process)
+        server.stop()
 
 
 def _register(parts, select_score: float) -> str:

@@ -114,7 +114,7 @@ def train_autoencoder(
         optimizer.step()
         schedule.step()
         if on_step is not None and (step % 50 == 0 or step == cfg.steps):
-            on_step(step, {"ae_train_mse": loss.item()})
+            on_step(step, {"ae_train_mse": ranks.mean(loss)})
     model.eval()
     return model
 

@@ -219,6 +219,7 @@ def _figures(args) -> None:
         print(path)
     print(f"MLflow run {run.info.run_id}")
 
+
 def _cleanup(args) -> None:
     import mlflow
 

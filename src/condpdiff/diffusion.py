@@ -104,7 +104,7 @@ def train_diffusion(
                     else:
                         average[key].copy_(value)
         if on_step is not None and (step % 50 == 0 or step == cfg.steps):
-            on_step(step, {"diffusion_train_loss": loss.item()})
+            on_step(step, {"diffusion_train_loss": ranks.mean(loss)})
     if average is not None:
         model.load_state_dict(average)
     model.eval()

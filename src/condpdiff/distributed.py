@@ -37,6 +37,15 @@ class World:
             raise ValueError(f"{what} batch size {batch_size} does not split into {self.size} equal shares: "
                              "DDP's averaged gradient would differ from the single-process one")
 
+    def mean(self, value: torch.Tensor) -> float:
+        """A per-share scalar (a loss) averaged over the ranks: the global batch's value, for logging. Every rank
+        must call it at the same step."""
+        if self.size == 1:
+            return value.item()
+        total = value.detach().clone()
+        torch.distributed.all_reduce(total)
+        return total.item() / self.size
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.size == 1:
             return model

@@ -98,6 +98,8 @@ def finetune_and_collect(
     on its share of every global batch (condpdiff.distributed)."""
     ranks = world()
     ranks.check_batch(cfg.batch_size, "collect")
+    if len(train) % cfg.batch_size:  # every epoch ends on a short batch of this size
+        ranks.check_batch(len(train) % cfg.batch_size, f"collect ({len(train)} examples: an epoch's last)")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
@@ -126,6 +128,6 @@ def finetune_and_collect(
             kept.append(flatten_model(model, layout))
             kept_at.append(step)
         if on_step is not None and (step % 10 == 0 or step == cfg.steps):
-            on_step(step, {"train_loss": loss.item()})
+            on_step(step, {"train_loss": ranks.mean(loss)})
     model.eval()
     return torch.stack(kept), kept_at

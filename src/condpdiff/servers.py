@@ -58,15 +58,24 @@ def start(command: list[str], log: Path, url: str | None = None, env: dict | Non
 
 
 def stop(process: subprocess.Popen, signal_number: int = signal.SIGTERM, seconds: float = 20) -> None:
-    """Signal the process group; SIGKILL it if it has not ended within `seconds`."""
+    """Signal the process group; wait for its leader (SIGKILL after `seconds`); then SIGKILL whatever of the
+    group is left (workers still shutting down)."""
     try:
         os.killpg(process.pid, signal_number)
         process.wait(timeout=seconds)
     except ProcessLookupError:
         pass
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        _kill_group(process.pid)
         process.wait()
+    _kill_group(process.pid)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -92,7 +101,7 @@ def postgres_missing() -> str | None:
 @contextlib.contextmanager
 def postgres(databases: tuple[str, ...] = ("mlflow", "optuna")) -> Iterator[str]:
     """A throwaway PostgreSQL server on a free loopback port (trust auth) with `databases`; yields its URL
-    (`postgresql://postgres@127.0.0.1:<port>`, append `/<database>`). As root it runs as `postgres` in a
+    (`postgresql+psycopg://postgres@127.0.0.1:<port>`, append `/<database>`). As root it runs as `postgres` in a
     folder that user owns (pytest's temp folders are mode 0700 under root's)."""
     import pwd
     import shutil
@@ -119,7 +128,7 @@ def postgres(databases: tuple[str, ...] = ("mlflow", "optuna")) -> Iterator[str]
                              autocommit=True) as connection:
             for database in databases:
                 connection.execute(f"CREATE DATABASE {database}")
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
                        capture_output=True)

@@ -8,7 +8,7 @@ in a temporary experiment folder under `<repo>/.dvc/`. `MLFLOW_TRACKING_URI` ove
 Against a server, a stage checks that it answers before any work and fails within seconds
 when it does not (MLflow's own HTTP defaults retry for minutes). Every run records the process
 that owns it; a run whose process died without ending it (SIGKILL, out of memory, a server that
-was down at the end) is marked FAILED by the next run of its stage on that host, or by
+was down at the end) is marked FAILED by the next stage on that host, or by
 `python -m condpdiff runs cleanup`.
 """
 from __future__ import annotations
@@ -20,8 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -32,8 +30,9 @@ from condpdiff.config import Params, flatten_dict, params_hash, params_to_dict
 
 EXPERIMENT = "condpdiff"
 MAX_PARAM_LENGTH = 500  # MLflow refuses longer param values
-# against a server: a few quick retries (~7 s), not MLflow's default of minutes; a user's own settings win
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+# against a server: retries that ride out ~15 s of outage mid-stage, not MLflow's default of minutes (its
+# start is checked at once, apart from these); a user's own settings win
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 PROCESS_TAG = "process"  # host:boot:pid:start of the process that owns a run
 
@@ -63,17 +62,19 @@ def tracking_uri() -> str:
 
 
 def check_server(uri: str, seconds: float = 5.0) -> None:
-    """An http(s) tracking URI must answer within `seconds` (any HTTP status: behind basic-auth it is 401)."""
+    """An http(s) tracking URI must answer within `seconds` (any HTTP status: behind basic-auth it is 401), with
+    MLflow's own TLS settings (a private CA, or verification off)."""
     if not uri.startswith(("http://", "https://")):
         return
+    import requests
+
+    verify = (os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+              or os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "false").lower() != "true")
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=seconds).close()
-    except urllib.error.HTTPError:
-        return
-    except OSError as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingUnavailable(f"the MLflow tracking server {uri} does not answer ({reason}); start it, or unset "
-                                  "MLFLOW_TRACKING_URI to use the local store") from None
+        requests.get(f"{uri.rstrip('/')}/health", timeout=seconds, verify=verify).close()
+    except requests.RequestException as error:
+        raise TrackingUnavailable(f"the MLflow tracking server {uri} does not answer ({type(error).__name__}: "
+                                  f"{error}); start it, or unset MLFLOW_TRACKING_URI to use the local store") from None
 
 
 def setup_experiment(name: str = EXPERIMENT) -> str:
@@ -105,7 +106,7 @@ def git_commit() -> str:
 
 def _process_start(pid: int) -> str:
     """When the process started (clock ticks since boot), so a reused pid is not taken for the old process;
-    'Z' for a zombie (killed, not yet reaped: dead)."""
+    'Z' for a zombie (killed, not yet reaped: dead); '?' where /proc cannot tell."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -113,45 +114,68 @@ def _process_start(pid: int) -> str:
     return "Z" if fields[0] == "Z" else fields[19]
 
 
-def _boot_id() -> str:
+def _read(path: str, default: str = "?") -> str:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        return Path(path).read_text().strip()[:8] or default
     except OSError:
-        return "?"
+        return default
+
+
+def _host() -> str:
+    """The host and pid namespace a pid belongs to: two containers on one machine share a hostname but not pids."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}/{_read('/etc/machine-id')}/{namespace}"
 
 
 def process_identity(pid: int | None = None) -> str:
+    """host/machine/pid-namespace:boot:pid:start of a process (this one by default): a run's owner."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{_boot_id()}:{pid}:{_process_start(pid)}"
+    return f"{_host()}:{_read('/proc/sys/kernel/random/boot_id')}:{pid}:{_process_start(pid)}"
 
 
 def _owner_alive(identity: str) -> bool | None:
-    """Whether the process that owns a run still runs: None when it ran on another host (unknowable here)."""
+    """Whether the process that owns a run still runs; None when this process cannot tell (another host or
+    pid namespace, another boot, no /proc): such a run is only ended by age (`runs cleanup --older-than`)."""
     host, boot, pid, start = (identity.rsplit(":", 3) + ["?"] * 4)[:4]
-    if host != socket.gethostname():
+    if host != _host() or boot == "?" or boot != _read("/proc/sys/kernel/random/boot_id") or not pid.isdigit():
         return None
-    if boot != _boot_id() or not pid.isdigit():
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and _process_start(int(pid)) == start
+    except PermissionError:  # another user's live process
+        return True
+    now = _process_start(int(pid))
+    return None if now == "?" else now == start
 
 
 def fail_abandoned_runs(client, experiment_id: str, older_than_hours: float | None = None) -> list[str]:
     """RUNNING runs whose process is gone become FAILED, their RUNNING children too. A dead process cannot
-    go on with its run, so any stage may mark any such run. A run from another host is judged by age alone,
-    and only when `older_than_hours` is given."""
-    failed = []
+    go on with its run, so any stage may mark any such run. A run whose owner cannot be seen from here is
+    judged by age alone, and only when `older_than_hours` is given. Housekeeping: a run it may not or
+    cannot mark is skipped with a warning, never an error."""
+    failed: list[str] = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        if run.info.run_id in failed:
+            continue
         alive = _owner_alive(run.data.tags.get(PROCESS_TAG, ""))
         age_hours = (time.time() - run.info.start_time / 1000) / 3600
         if alive is False or (alive is None and older_than_hours is not None and age_hours > older_than_hours):
             reason = ("its process ended without ending the run (killed, or the server was unreachable then)"
-                      if alive is False else f"RUNNING for {age_hours:.1f} h on another host")
-            for child in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and "
-                                            f"tags.mlflow.parentRunId = '{run.info.run_id}'", max_results=1000):
-                _fail(client, child.info.run_id, f"its parent run {run.info.run_id} was abandoned")
-                failed.append(child.info.run_id)
-            _fail(client, run.info.run_id, reason)
-            failed.append(run.info.run_id)
+                      if alive is False else f"RUNNING for {age_hours:.1f} h, its process out of sight")
+            try:
+                for child in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and "
+                                                f"tags.mlflow.parentRunId = '{run.info.run_id}'", max_results=1000):
+                    _fail(client, child.info.run_id, f"its parent run {run.info.run_id} was abandoned")
+                    failed.append(child.info.run_id)
+                _fail(client, run.info.run_id, reason)
+                failed.append(run.info.run_id)
+            except mlflow.exceptions.MlflowException as error:
+                print(f"warning: could not mark abandoned run {run.info.run_id} FAILED: {error.message}",
+                      file=sys.stderr)
     return failed
 
 
@@ -198,18 +222,17 @@ def stage_run(stage: str, params: Params, **tags: str) -> Iterator[mlflow.Active
 
 def _end_failed(stage: str, error: BaseException) -> None:
     """End the active run FAILED. A server that stopped answering is named as the cause; the run it cannot
-    mark stays RUNNING until the next run of the stage (or `runs cleanup`) marks it."""
+    mark stays RUNNING until the next stage on this host (or `runs cleanup`) marks it."""
     uri = mlflow.get_tracking_uri()
-    try:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        return
-    except Exception:  # the server went away: the stage's own error matters, the run is marked later
-        pass
     try:
         check_server(uri)
     except TrackingUnavailable as down:
-        raise TrackingUnavailable(f"stage {stage}: {down}; the run stays RUNNING until the next run of this stage "
+        raise TrackingUnavailable(f"stage {stage}: {down}; the run stays RUNNING until the next stage on this host "
                                   "or `python -m condpdiff runs cleanup` marks it FAILED") from error
+    try:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    except Exception as failure:  # the stage's own error matters more; the run is marked later
+        print(f"warning: could not mark the {stage} run FAILED: {failure}", file=sys.stderr)
 
 
 def _main_rank() -> bool:
