@@ -72,9 +72,17 @@ def check_server(uri: str, seconds: float = 5.0) -> None:
               or os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "false").lower() != "true")
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=seconds, verify=verify).close()
+        return
+    except requests.exceptions.SSLError as error:
+        reason = f"TLS: {error}"
+    except requests.Timeout:
+        reason = f"no answer within {seconds:.0f} s"
+    except requests.ConnectionError:
+        reason = "connection refused, or the host is unreachable"
     except requests.RequestException as error:
-        raise TrackingUnavailable(f"the MLflow tracking server {uri} does not answer ({type(error).__name__}: "
-                                  f"{error}); start it, or unset MLFLOW_TRACKING_URI to use the local store") from None
+        reason = str(error)
+    raise TrackingUnavailable(f"the MLflow tracking server {uri} does not answer ({reason}); start it, or unset "
+                              "MLFLOW_TRACKING_URI to use the local store")
 
 
 def setup_experiment(name: str = EXPERIMENT) -> str:
