@@ -14,15 +14,23 @@ TINY_PARAMS = load_params(REPO / "profiles" / "tiny.yaml")  # tests build from t
 @pytest.fixture(autouse=True)
 def isolated_mlflow(tmp_path_factory, monkeypatch):
     """Tests never write into the repository's MLflow store, nor into a server an earlier test stopped:
-    `mlflow.set_tracking_uri` (test_registry, test_pipeline) outlives the test that called it and
-    outranks the environment variable, so it is reset too."""
+    `mlflow.set_tracking_uri` and `mlflow.set_experiment` (test_registry, test_pipeline) outlive the test
+    that called them, and set_experiment also writes MLFLOW_EXPERIMENT_ID into os.environ, where a later
+    test's `mlflow.start_run` (or its subprocess) picks up an experiment id of another store. All reset."""
     import mlflow
+    from mlflow.tracking import fluent
+
+    def forget_experiment():
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        fluent._active_experiment_id = None
 
     store = tmp_path_factory.getbasetemp() / "mlflow"
     store.mkdir(exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    forget_experiment()
     yield
+    forget_experiment()
 
 
 @pytest.fixture(scope="session")
