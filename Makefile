@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.sha256
 
 .PHONY: setup test
-setup: $(STAMP) data/glue/SST-2/dev.tsv
+setup: $(STAMP) data/glue/SST-2/dev.tsv data/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 data/glue/SST-2/dev.tsv: data/glue.dvc | $(STAMP)
 	$(VENV)/bin/dvc pull data/glue
+
+data/fashion-mnist/t10k-labels-idx1-ubyte.gz: data/fashion-mnist.dvc | $(STAMP)
+	$(VENV)/bin/dvc pull data/fashion-mnist
 
 test: setup
 	$(VENV)/bin/pytest
