@@ -164,7 +164,9 @@ def test_queued_experiments_run_two_at_a_time_and_land_on_a_shared_server_under_
                 if not any(word in status for word in ("Queued", "Running")) or time.time() > deadline:
                     break
                 time.sleep(5)
-            assert status.count("Success") == 2, status
+            logs = "".join(_run(tiny_repo, DVC, "queue", "logs", name, check=False, uri=uri).stdout[-2000:]
+                           for name in ("steps3", "steps4") if f"{name}" in status and "Failed" in status)
+            assert status.count("Success") == 2, status + logs
     finally:
         _run(tiny_repo, DVC, "queue", "stop", check=False, uri=uri)
         server.stop()
