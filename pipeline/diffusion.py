@@ -30,7 +30,7 @@ def main() -> None:
         latents, task_index = data["latents"], data["task_index"]
         bank = load_file(str(args.conditions / CONDITIONS))["bank"]
         kind = json.loads((args.conditions / CONDITION_TEXTS).read_text())["type"]
-        learned = ConditionType(kind) is ConditionType.learned
+        learned = kind == ConditionType.learned.value  # the vision branch writes "image"
         normalizer = Normalizer.load(args.normalized / STATS)
         mean_predictor = fit_condition_mean(params, normalizer, bank, on_step=metric_logger())
         model, scheduler, latent_scale = fit_denoiser(params.diffusion, latents, task_index, bank, learned,

@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     params = load_params(args.params)
-    tasks = params.data.tasks
+    tasks = params.groups
     with stage_run("gather", params):
         layouts, num_labels, originals = {}, {}, {}
         for task in tasks:

@@ -1,4 +1,5 @@
-"""Stage normalize: stack every task's corpus at the common length and fit `norm` (task | batch | none)."""
+"""Stage normalize: stack every task's corpus (a style's, in the vision branch) at the common length and fit
+`norm` (cond | task | batch | none)."""
 import argparse
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     with stage_run("normalize", params):
-        tasks = params.data.tasks
+        tasks = params.groups
         _, padded_length, _ = read_layouts(args.corpus / LAYOUTS)
         corpus, task_index = stack_corpus(args.corpus, tasks, padded_length)  # (T * N, L), (T * N,)
         normalizer = fit_normalizer(params.norm, corpus, task_index, len(tasks))

@@ -54,17 +54,26 @@ def reached_modules(root: Path, script: Path) -> set[str]:
     return {path.relative_to(root).as_posix() for path in seen}
 
 
+PIPELINES = ("dvc.yaml", "vision/dvc.yaml")  # every stage runs from the repository root (vision: wdir ..)
+SCRIPT_FOLDERS = ("pipeline/", "vision/stages/")
+
+
 def stage_definitions(root: Path) -> dict[str, dict]:
-    """Stage name -> its definition; a foreach/matrix stage's `do` template stands for all its instances."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    return {name: stage.get("do", stage) for name, stage in stages.items()}
+    """Stage name (prefixed by its dvc.yaml) -> its definition; a foreach/matrix stage's `do` template
+    stands for all its instances."""
+    definitions = {}
+    for pipeline in PIPELINES:
+        if (root / pipeline).is_file():
+            stages = yaml.safe_load((root / pipeline).read_text())["stages"]
+            definitions.update({f"{pipeline}:{name}": stage.get("do", stage) for name, stage in stages.items()})
+    return definitions
 
 
 def missing_deps(root: Path) -> dict[str, list[str]]:
     """Per stage, the reached modules it does not list (exempt ones aside)."""
     missing = {}
     for name, stage in stage_definitions(root).items():
-        scripts = [word for word in stage["cmd"].split() if word.startswith("pipeline/") and word.endswith(".py")]
+        scripts = [word for word in stage["cmd"].split() if word.startswith(SCRIPT_FOLDERS) and word.endswith(".py")]
         deps = {dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])}
         reached = set().union(*(reached_modules(root, root / script) for script in scripts)) if scripts else set()
         absent = sorted(reached - deps - set(EXEMPT) - set(scripts))
@@ -80,7 +89,7 @@ def test_every_module_a_stage_reaches_is_one_of_its_deps():
 def test_declared_code_deps_exist():
     for name, stage in stage_definitions(REPO).items():
         for dep in stage.get("deps", []):
-            if dep.startswith(("src/", "pipeline/")):
+            if isinstance(dep, str) and dep.startswith(("src/", *SCRIPT_FOLDERS)):
                 assert (REPO / dep).is_file(), f"{name}: dep {dep} does not exist"
 
 
@@ -104,10 +113,11 @@ def test_a_missing_dep_is_caught(tmp_path):
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages["stages"]["normalize"]["deps"].remove("src/condpdiff/corpus.py")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
-    assert missing_deps(tmp_path) == {"normalize": ["src/condpdiff/corpus.py"]}
+    assert missing_deps(tmp_path) == {"dvc.yaml:normalize": ["src/condpdiff/corpus.py"]}
 
 
-@pytest.mark.parametrize("script", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "pipeline").glob("*.py")))
+@pytest.mark.parametrize("script", sorted(p.relative_to(REPO).as_posix() for folder in SCRIPT_FOLDERS
+                                           for p in (REPO / folder).glob("*.py")))
 def test_every_stage_script_is_a_stage(script):
     commands = " ".join(stage["cmd"] for stage in stage_definitions(REPO).values())
-    assert script in commands.split(), f"{script} is run by no stage of dvc.yaml"
+    assert script in commands.split(), f"{script} is run by no stage of {' or '.join(PIPELINES)}"

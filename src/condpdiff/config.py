@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 TASKS = ("sst2", "cola", "mrpc", "rte", "qnli", "stsb")
+# the vision branch's style transforms (condpdiff.vision.styles.STYLES, in this order; a test checks)
+STYLES = ("sketch", "relief", "poster", "negative", "halftone", "blur", "stripes", "checker", "mosaic", "outline")
 
 
 class ConfigError(ValueError):
@@ -188,10 +190,113 @@ class Params:
     generate: GenerateConfig
     evaluate: EvaluateConfig
 
+    branch = "text"  # the MLflow experiment: condpdiff (the vision branch: condpdiff-vision)
 
-def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = ()) -> Params:
+    @property
+    def groups(self) -> list[str]:
+        """The corpus groups the generator is trained on: the tasks."""
+        return self.data.tasks
+
+
+@dataclass(frozen=True)
+class ImageDataConfig:
+    folder: str  # Fashion-MNIST's four IDX .gz files
+    base_images: int  # the first N train images teach the base model
+    styles: list[str]  # condpdiff.vision.styles.STYLES names; one LoRA corpus each
+    style_train: int  # per style: train images (after the base model's), select and eval images (test split)
+    style_select: int
+    style_eval: int
+
+
+@dataclass(frozen=True)
+class ImageBaseConfig:
+    pretrained: Optional[str]  # a PixArt-alpha folder (diffusers layout); null: train the small pixel model
+    hidden: int
+    heads: int
+    layers: int
+    patch_size: int
+    caption_tokens: int
+    timesteps: int
+    steps: int
+    batch_size: int
+    lr: float
+    caption_dropout: float  # share of training captions replaced by the empty one (for guidance)
+    ema_decay: float  # the base model's weights are the moving average of its training (0: off)
+    beta_schedule: str  # the DDPM noise schedule (diffusers name): linear | squaredcos_cap_v2
+    sample_steps: int  # DDIM steps when sampling images
+    guidance: float  # classifier-free guidance scale when sampling images
+    classifier_steps: int  # the recognisability classifier, trained on real Fashion-MNIST
+    check_images: int  # base-model samples the classifier labels
+
+
+@dataclass(frozen=True)
+class StyleLoraConfig:
+    r: int
+    alpha: int
+    target_modules: str  # a full regex over PixArt module names (peft)
+
+
+@dataclass(frozen=True)
+class StyleCollectConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    keep_last: int
+    stride: int  # a checkpoint every `stride` steps in the kept window
+    originals_scored: int  # kept checkpoints scored on select (the best is the "original" row)
+
+
+@dataclass(frozen=True)
+class StyleConditionConfig:
+    encoder: str  # inception (shipped) | resnet18 | open_clip (both need weights, a local file)
+    weights: Optional[str]
+    clip_model: str
+    exemplars: int  # images of the style in one condition (their mean feature)
+    draws: int  # exemplar draws per style in training; generation uses exemplars from select
+
+
+@dataclass(frozen=True)
+class ImageScoreConfig:
+    images: int  # images sampled per adapter and style, scored against the style's eval images
+    select_images: int  # images sampled per candidate when picking on select
+    kid_subsets: int
+    kid_subset_size: int
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    data: ImageDataConfig
+    base: ImageBaseConfig
+    lora: StyleLoraConfig
+    collect: StyleCollectConfig
+    condition: StyleConditionConfig
+    score: ImageScoreConfig
+
+
+@dataclass(frozen=True)
+class VisionParams:
+    """vision/params.yaml: the style branch, with the generator's sections of the text branch."""
+
+    norm: Norm
+    seed: int
+    vision: VisionConfig
+    autoencoder: AutoencoderConfig
+    mean_predictor: MeanPredictorConfig
+    diffusion: DiffusionConfig
+    generate: GenerateConfig
+
+    branch = "vision"
+
+    @property
+    def groups(self) -> list[str]:
+        """The corpus groups the generator is trained on: the styles."""
+        return self.vision.data.styles
+
+
+def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = ()) -> Params | VisionParams:
     """Read and validate a params file, with `key=value` overrides applied first (as `dvc exp run -S`);
-    every error names the file, the overrides and the key."""
+    every error names the file, the overrides and the key. A file with a `vision` section is the vision
+    branch's (`vision/params.yaml`): the generator's stages read either."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -205,12 +310,12 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
             if OmegaConf.select(raw, key, default=KeyError) is KeyError:
                 raise ConfigError(f"-S {key}: no such key in {path}")
             OmegaConf.update(raw, key, yaml.safe_load(value), merge=False)
-        schema = _writable(OmegaConf.structured(Params))
-        merged = OmegaConf.merge(schema, raw)
+        schema, check = (VisionParams, check_vision_params) if "vision" in raw else (Params, check_params)
+        merged = OmegaConf.merge(_writable(OmegaConf.structured(schema)), raw)
         params = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_one_line(label, error)) from None
-    check_params(params, label)
+    check(params, label)
     return params
 
 
@@ -222,11 +327,15 @@ def _one_line(path: Path | str, error: OmegaConfBaseException) -> str:
 
 
 def _writable(node: DictConfig) -> DictConfig:
-    """Frozen dataclasses make every node read-only; the merge needs to write into them."""
+    """Frozen dataclasses make every node read-only; the merge needs to write into them. A section nested
+    in a section (vision.data) starts MISSING, and the merge would build it read-only: build it here."""
     OmegaConf.set_readonly(node, False)
     for key in node:
         child = node._get_node(key)  # not node[key]: reading a required (MISSING) value raises
         if isinstance(child, DictConfig):
+            if child._is_missing() and is_dataclass(child._metadata.ref_type):
+                node[key] = OmegaConf.structured(child._metadata.ref_type)
+                child = node._get_node(key)
             _writable(child)
     return node
 
@@ -276,6 +385,41 @@ def check_params(params: Params, path: Path | str = "params.yaml") -> None:
                           "diffusion.cfg_dropout > 0 (it never saw the null condition)")
     if params.conditions.encoder not in ("minilm", "open_clip"):
         raise ConfigError(f"{path}: conditions.encoder must be minilm or open_clip")
+
+
+def check_vision_params(params: VisionParams, path: Path | str) -> None:
+    v = params.vision
+    unknown = [s for s in v.data.styles if s not in STYLES]
+    if unknown or len(v.data.styles) < 2 or len(set(v.data.styles)) != len(v.data.styles):
+        raise ConfigError(f"{path}: vision.data.styles: need two or more distinct styles of {list(STYLES)}, "
+                          f"got {v.data.styles}")
+    for name, value in (("vision.data.style_select", v.data.style_select), ("vision.data.style_eval", v.data.style_eval),
+                        ("vision.score.images", v.score.images), ("vision.score.select_images", v.score.select_images),
+                        ("vision.condition.exemplars", v.condition.exemplars), ("vision.condition.draws", v.condition.draws),
+                        ("vision.collect.originals_scored", v.collect.originals_scored), ("generate.samples", params.generate.samples)):
+        if value < 1:
+            raise ConfigError(f"{path}: {name} must be >= 1, got {value}")
+    if v.score.kid_subset_size < 2 or v.score.kid_subset_size > min(v.score.images, v.data.style_eval):
+        raise ConfigError(f"{path}: vision.score.kid_subset_size must be in [2, min(score.images, data.style_eval)], "
+                          f"got {v.score.kid_subset_size}")
+    if v.condition.exemplars > min(v.data.style_train, v.data.style_select):
+        raise ConfigError(f"{path}: vision.condition.exemplars={v.condition.exemplars} exceeds the style's images")
+    if v.collect.keep_last < 1 or v.collect.stride < 1 or (v.collect.keep_last - 1) * v.collect.stride >= v.collect.steps:
+        raise ConfigError(f"{path}: vision.collect: keep_last={v.collect.keep_last} x stride={v.collect.stride} "
+                          f"does not fit in steps={v.collect.steps}")
+    if v.collect.originals_scored > v.collect.keep_last:
+        raise ConfigError(f"{path}: vision.collect.originals_scored exceeds keep_last")
+    if v.base.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        raise ConfigError(f"{path}: vision.base.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2")
+    if not 0.0 <= v.base.ema_decay < 1.0 or not 0.0 <= v.base.caption_dropout < 1.0:
+        raise ConfigError(f"{path}: vision.base.ema_decay and vision.base.caption_dropout must be in [0, 1)")
+    if v.condition.encoder not in ("inception", "resnet18", "open_clip"):
+        raise ConfigError(f"{path}: vision.condition.encoder must be inception, resnet18 or open_clip")
+    if v.condition.encoder != "inception" and not (v.condition.weights and Path(v.condition.weights).is_file()):
+        raise ConfigError(f"{path}: vision.condition.weights: {v.condition.encoder} needs a weights file; "
+                          f"not found: {v.condition.weights}")
+    if v.base.pretrained is not None and not Path(v.base.pretrained).is_dir():
+        raise ConfigError(f"{path}: vision.base.pretrained: no such folder: {v.base.pretrained}")
 
 
 def check_collect(collect: CollectConfig, path: Path | str) -> None:

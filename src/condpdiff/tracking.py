@@ -204,7 +204,7 @@ def stage_run(stage: str, params: Params, **tags: str) -> Iterator[mlflow.Active
     if not _main_rank():
         yield None
         return
-    experiment_id = setup_experiment()
+    experiment_id = setup_experiment(EXPERIMENT if params.branch == "text" else f"{EXPERIMENT}-{params.branch}")
     fail_abandoned_runs(mlflow.MlflowClient(), experiment_id)
     tags = {
         "stage": stage,
