@@ -53,6 +53,7 @@ def of_class(fashion_test, name: str, count: int, skip: int = 0) -> torch.Tensor
     return images[labels == CLASSES.index(name)][skip:skip + count]
 
 
+@pytest.mark.slow  # the Inception (or CLIP) on CPU: seconds
 def test_feature_extractor_is_the_pretrained_inception(inception):
     features = inception(ramp_image())
     assert features.shape == (1, 2048) and features.dtype == torch.float32
@@ -60,6 +61,7 @@ def test_feature_extractor_is_the_pretrained_inception(inception):
     assert features.norm().item() == pytest.approx(PINNED_NORM, rel=1e-4)
 
 
+@pytest.mark.slow  # the Inception (or CLIP) on CPU: seconds
 def test_in_memory_features_equal_clean_fid_folder_features(inception, fashion_test, tmp_path):
     """Our path (8-bit pixels, clean resize, Inception) against clean-fid's own: the same images as
     gray PNGs, read, converted to RGB and resized by `get_folder_features`."""
@@ -99,6 +101,7 @@ def test_kid_needs_two_images_in_each_set():
         kid(np.zeros((5, 4)), np.zeros((1, 4)))
 
 
+@pytest.mark.slow  # the Inception (or CLIP) on CPU: seconds
 def test_kid_between_halves_of_one_set_is_lower_than_against_another(inception, fashion_test):
     trousers = inception(of_class(fashion_test, "trouser", 24))  # (24, 2048)
     bags = inception(of_class(fashion_test, "bag", 12))  # (12, 2048)
@@ -158,6 +161,7 @@ def test_unknown_encoder_kind_is_refused():
         make_image_encoder("vgg16")
 
 
+@pytest.mark.slow  # the Inception (or CLIP) on CPU: seconds
 def test_open_clip_encoder_from_a_local_checkpoint(tmp_path):
     """ViT-S-32-alt, a small CLIP (43 M parameters, a 170 MB file): ~4 s, 10 s on a cold import."""
     import open_clip

@@ -220,6 +220,16 @@ def _figures(args) -> None:
     print(f"MLflow run {run.info.run_id}")
 
 
+def _style_lora(args) -> None:
+    from condpdiff.config import load_params
+    from condpdiff.vision.generation import read_exemplars, write_style_adapters
+
+    exemplars = read_exemplars(args.exemplars)  # checked before any model loads
+    params = load_params(args.params)
+    for folder in write_style_adapters(params, Path(args.outputs), exemplars, args.samples, args.seed, Path(args.out)):
+        print(folder)
+
+
 def _cleanup(args) -> None:
     import mlflow
 
@@ -337,6 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--mix-points", type=int, default=5, help="values of l per interpolation line")
     figures.add_argument("--out", default="reports/figures")
     figures.set_defaults(run=_figures)
+    style = commands.add_parser("style-lora", help="vision: PixArt style LoRAs generated from exemplar images of a "
+                                                   "style (32x32 gray PNGs), by the vision pipeline's generator")
+    style.add_argument("--exemplars", nargs="+", required=True)
+    style.add_argument("--out", required=True)
+    style.add_argument("--samples", type=int, default=1)
+    style.add_argument("--seed", type=int, default=0)
+    style.add_argument("--params", default="vision/params.yaml")
+    style.add_argument("--outputs", default="outputs/vision", help="the vision pipeline's outputs folder")
+    style.set_defaults(run=_style_lora)
     runs = commands.add_parser("runs", help="MLflow runs: `runs cleanup` ends runs whose process died as FAILED")
     runs_commands = runs.add_subparsers(dest="action", required=True)
     cleanup = runs_commands.add_parser("cleanup", help="RUNNING runs of a dead process on this host become FAILED")
