@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_file
 
-from condpdiff.artifacts import CONDITION_TEXTS, GeneratorFiles
+from condpdiff.artifacts import CONDITION_TEXTS, LAYOUTS, GeneratorFiles
 from condpdiff.config import VisionParams
 from condpdiff.generator import load_generator
 from condpdiff.lora import unflatten_vector
@@ -62,7 +62,7 @@ def write_style_adapters(params: VisionParams, outputs: Path, exemplars: torch.T
     generator = load_generator(GeneratorFiles.from_outputs(outputs / "corpus", outputs / "normalized",
                                                            outputs / "autoencoder", outputs / "conditions",
                                                            outputs / "diffusion"))
-    layouts, _, _ = read_layouts(outputs / "corpus" / "layout.json")
+    layouts, _, _ = read_layouts(outputs / "corpus" / LAYOUTS)
     layout = next(iter(layouts.values()))  # every style shares the base model's layout
     g = params.generate
     vectors = generator.generate(condition, None, layout.length, samples, g.sampler.value, g.inference_steps, seed,
