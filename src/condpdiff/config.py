@@ -404,9 +404,7 @@ def check_vision_params(params: VisionParams, path: Path | str) -> None:
                           f"got {v.score.kid_subset_size}")
     if v.condition.exemplars > min(v.data.style_train, v.data.style_select):
         raise ConfigError(f"{path}: vision.condition.exemplars={v.condition.exemplars} exceeds the style's images")
-    if v.collect.keep_last < 1 or v.collect.stride < 1 or (v.collect.keep_last - 1) * v.collect.stride >= v.collect.steps:
-        raise ConfigError(f"{path}: vision.collect: keep_last={v.collect.keep_last} x stride={v.collect.stride} "
-                          f"does not fit in steps={v.collect.steps}")
+    check_kept_window(v.collect, "vision.collect", path)
     if v.collect.originals_scored > v.collect.keep_last:
         raise ConfigError(f"{path}: vision.collect.originals_scored exceeds keep_last")
     if v.base.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
@@ -436,11 +434,15 @@ def check_collect(collect: CollectConfig, path: Path | str) -> None:
             if isinstance(value, bool) or not (isinstance(value, wanted) or (wanted is float and isinstance(value, int))):
                 raise ConfigError(f"{path}: collect.per_task.{task}.{key}: expected {wanted.__name__}, got {value!r}")
     for task in ("", *collect.per_task):
-        c = collect.for_task(task) if task else collect
-        if c.keep_last < 1 or c.stride < 1 or (c.keep_last - 1) * c.stride >= c.steps:
-            where = f"collect.per_task.{task}" if task else "collect"
-            raise ConfigError(f"{path}: {where}: keep_last={c.keep_last} x stride={c.stride} does not fit in "
-                              f"steps={c.steps}")
+        check_kept_window(collect.for_task(task) if task else collect,
+                          f"collect.per_task.{task}" if task else "collect", path)
+
+
+def check_kept_window(collect, where: str, path: Path | str) -> None:
+    """The last `keep_last` checkpoints, `stride` steps apart, fit in `steps` (text or vision collect)."""
+    if collect.keep_last < 1 or collect.stride < 1 or (collect.keep_last - 1) * collect.stride >= collect.steps:
+        raise ConfigError(f"{path}: {where}: keep_last={collect.keep_last} x stride={collect.stride} does not fit in "
+                          f"steps={collect.steps}")
 
 
 def params_to_dict(params: Params) -> dict:
