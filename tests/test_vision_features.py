@@ -9,7 +9,8 @@ from cleanfid import fid as cleanfid
 from PIL import Image
 
 from condpdiff.vision.data import CLASSES, load_split
-from condpdiff.vision.features import InceptionFeatures, fid, kid, make_image_encoder, polynomial_mmd, to_uint8
+from condpdiff.vision.features import InceptionFeatures, fid, kid, make_image_encoder, polynomial_mmd
+from condpdiff.vision.imagesets import to_uint8
 
 FASHION_MNIST = "data/fashion-mnist"
 

@@ -67,14 +67,13 @@ def test_style_lora_cli_writes_adapters_that_load_into_the_base_model(vision_rep
     from safetensors.torch import load_file
 
     from condpdiff.vision.backbone import load_base
-    from condpdiff.vision.imagesets import load_style_set, style_set_file
+    from condpdiff.vision.imagesets import load_style_set, style_set_file, to_uint8
 
     images = load_style_set(style_set_file(vision_repo / "outputs" / "vision" / "styles", "sketch"))["select"]
     paths = []
     for index, image in enumerate(images[:2]):
-        pixels = ((image[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         paths.append(tmp_path / f"exemplar{index}.png")
-        Image.fromarray(pixels, mode="L").save(paths[-1])
+        Image.fromarray(to_uint8(image[None])[0, :, :, 0], mode="L").save(paths[-1])
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "colour.png")
     command = [sys.executable, "-m", "condpdiff", "style-lora", "--out", str(tmp_path / "adapters"), "--exemplars"]
     refused = subprocess.run(command + [str(paths[0]), str(tmp_path / "colour.png")], cwd=vision_repo,

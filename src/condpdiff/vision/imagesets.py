@@ -78,6 +78,14 @@ def load_style_set(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8: the pixels an 8-bit PNG of the images holds.
+    Rounds as torchvision's `save_image` does, so the in-memory score equals the score of the PNGs."""
+    unit = (images.detach().float().cpu() + 1) / 2
+    pixels = (unit * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
 def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 2) -> None:
     """A PNG of image rows: each row (N, 1, H, W) in [-1, 1], N images side by side, 2 px gaps."""
     height, width = rows[0].shape[-2:]
@@ -85,7 +93,7 @@ def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 2) -> None:
     canvas = np.full((len(rows) * (height + 2), columns * (width + 2)), 255, dtype=np.uint8)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
-            pixels = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+            pixels = to_uint8(image[None])[0, :, :, 0]
             canvas[r * (height + 2):r * (height + 2) + height, c * (width + 2):c * (width + 2) + width] = pixels
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
