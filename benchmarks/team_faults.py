@@ -70,7 +70,7 @@ class Team:
 
     def tune(self, uri: str, storage: str, trials: int, study: str) -> subprocess.Popen:
         return self.command(uri, "-m", "condpdiff", "tune", "--prepared", str(self.prepared.parent), "--tasks", "sst2",
-                            "--trials", str(trials), "--steps", "150", "--ranks", "1", "--threads", "1",
+                            "--trials", str(trials), "--steps", "90", "--ranks", "1", "--threads", "1",
                             "--heartbeat", "2", "--storage", storage, "--study", study,
                             "--out", str(self.folder / "best.txt"), wait=False)
 
@@ -167,7 +167,8 @@ def sigkilled_stage(team: Team, server: servers.TrackingServer) -> dict:
 
 def optuna_workers(team: Team, server: servers.TrackingServer, storage: str, study: str = "team") -> dict:
     """The study created once (`--trials 0`), then two workers (2 trials each, one thread each), one SIGKILLed
-    inside a trial, and a third (1 trial) started after the grace period (3 heartbeats of 2 s)."""
+    inside a trial, and a third (1 trial) started after the grace period (3 heartbeats of 2 s), while the
+    survivor still runs."""
     start = time.perf_counter()
     create = team.tune(server.url, storage, 0, study)
     _, create_err = create.communicate(timeout=600)
@@ -181,9 +182,9 @@ def optuna_workers(team: Team, server: servers.TrackingServer, storage: str, stu
                       [killed, survivor])
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=60)
-        _, survivor_err = survivor.communicate(timeout=900)
-        time.sleep(7)
+        time.sleep(7)  # past the grace period: the killed trial is stale for whichever worker looks next
         late = team.tune(server.url, storage, 1, study)
+        _, survivor_err = survivor.communicate(timeout=900)
         _, late_err = late.communicate(timeout=900)
     finally:
         for process in (killed, survivor, late):

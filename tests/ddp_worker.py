@@ -1,7 +1,9 @@
 """One training run of each loop (fine-tuning, autoencoder, denoiser) on the tiny profile, for
 test_distributed.py: under `torchrun --nproc_per_node 2` or as one process; rank 0 saves the weights.
 
-    python tests/ddp_worker.py OUT.safetensors GLOBAL_BATCH
+    python tests/ddp_worker.py OUT_FOLDER GLOBAL_BATCH [GLOBAL_BATCH ...]   # OUT_FOLDER/batch<N>.safetensors
+
+Several batches train one after another in one process (one start-up), each from the same seeds.
 
 Dropout and the autoencoder's noise are off: each rank would draw them for its own share. The networks are
 saved as what they compute on fixed inputs: a conv bias before an instance norm has no true gradient, and
@@ -58,4 +60,5 @@ def main(out: Path, batch: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    for size in sys.argv[2:]:
+        main(Path(sys.argv[1]) / f"batch{size}.safetensors", int(size))

@@ -3,6 +3,7 @@ global batch (fine-tuning, autoencoder, denoiser), and a run on another batch do
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,21 +23,21 @@ def test_a_rank_keeps_its_share_of_the_global_batch_and_uneven_shares_are_refuse
         World(0, 2).check_batch(7, "collect")
 
 
-def _train(out, batch: int, ranks: int) -> dict:
+def _train(out: Path, batches: list[int], ranks: int) -> dict[int, dict]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE")}
-    result = subprocess.run([*(launcher if ranks > 1 else [sys.executable]), WORKER, str(out), str(batch)],
+    out.mkdir()
+    result = subprocess.run([*(launcher if ranks > 1 else [sys.executable]), WORKER, str(out), *map(str, batches)],
                             capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return load_file(str(out))
+    return {batch: load_file(str(out / f"batch{batch}.safetensors")) for batch in batches}
 
 
-@pytest.mark.slow  # three trainings of the tiny model, one under torchrun: ~1 min
+@pytest.mark.slow  # three trainings of the tiny model (two in one process, one under torchrun): ~20 s
 def test_two_gloo_ranks_reach_the_weights_of_one_process_with_the_same_global_batch(tmp_path, glue_dir):
-    single = _train(tmp_path / "single.safetensors", batch=8, ranks=1)
-    ddp = _train(tmp_path / "ddp.safetensors", batch=8, ranks=2)
-    other = _train(tmp_path / "other.safetensors", batch=4, ranks=1)
+    single, other = _train(tmp_path / "single", [8, 4], ranks=1).values()
+    ddp = _train(tmp_path / "ddp", [8], ranks=2)[8]
     assert single.keys() == ddp.keys() == {"lora", "autoencoder", "denoiser"}
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-4)

@@ -163,7 +163,7 @@ def test_queued_experiments_run_two_at_a_time_and_land_on_a_shared_server_under_
                 status = _run(tiny_repo, DVC, "queue", "status", uri=uri).stdout
                 if not any(word in status for word in ("Queued", "Running")) or time.time() > deadline:
                     break
-                time.sleep(5)
+                time.sleep(1)
             logs = "".join(_run(tiny_repo, DVC, "queue", "logs", name, check=False, uri=uri).stdout[-2000:]
                            for name in ("steps3", "steps4") if f"{name}" in status and "Failed" in status)
             assert status.count("Success") == 2, status + logs
