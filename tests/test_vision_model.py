@@ -48,6 +48,19 @@ def test_lora_on_pixart_attention_trains_only_the_lora_weights():
     assert changed == lora_names
 
 
+def test_the_initial_lora_does_not_depend_on_the_global_random_state():
+    """Two processes reached injection with different global streams: their collect stages trained
+    different LoRAs from the same seeds (the vision corpus changed from run to run)."""
+    initial = []
+    for global_seed in (1, 2):
+        model = build_transformer(32, 2, 1, 4, 384, 32, 0)
+        torch.manual_seed(global_seed)
+        inject_style_lora(model, 2, 2, r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)")
+        initial.append(flatten_model(model, model_layout(model)))
+        assert torch.equal(torch.rand(1), torch.rand(1, generator=torch.Generator().manual_seed(global_seed)))
+    assert initial[0].abs().sum() > 0 and torch.equal(initial[0], initial[1])
+
+
 def test_a_lora_vector_round_trips_and_zeros_are_the_base_model():
     model = build_transformer(32, 2, 1, 4, 384, 32, 0)
     backbone = Backbone(model, build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler, None)

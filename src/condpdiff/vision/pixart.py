@@ -110,10 +110,15 @@ def train_denoiser(model, scheduler: DDPMScheduler, images: torch.Tensor, labels
     model.eval()
 
 
-def inject_style_lora(model: PixArtTransformer2DModel, r: int, alpha: int, target_modules: str):
+def inject_style_lora(model: PixArtTransformer2DModel, r: int, alpha: int, target_modules: str, seed: int = 0):
     """LoRA on the attention projections (peft; PixArt's transformer has no `add_adapter`). Only the
-    LoRA weights stay trainable; the flat layout is the text branch's (`condpdiff.lora`)."""
+    LoRA weights stay trainable; the flat layout is the text branch's (`condpdiff.lora`). peft draws the
+    initial A matrices from torch's global stream, whose state differs from process to process here, so
+    they are drawn from `seed` instead (the global stream is left as it was): a collect stage trains the
+    same LoRA in every run."""
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=target_modules)
-    return inject_adapter_in_model(config, model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return inject_adapter_in_model(config, model)
