@@ -23,6 +23,7 @@ from conftest import copy_repo
 
 pytestmark = pytest.mark.slow
 DVC = str(Path(sys.executable).with_name("dvc"))
+TEXT_PIPELINE = "dvc.yaml"  # the target of status/checkout/push/pull: vision/dvc.yaml is never run in this copy
 
 
 def _store(repo: Path) -> str:
@@ -52,7 +53,7 @@ def _restored(repo: Path):
     finally:
         _run(repo, "git", "checkout", "-q", "-f", "main", check=False)
         _run(repo, "git", "reset", "-q", "--hard", head)
-        _run(repo, DVC, "checkout", "-f", "dvc.yaml", check=False)
+        _run(repo, DVC, "checkout", "-f", TEXT_PIPELINE, check=False)
 
 
 def _snapshot(repo: Path) -> dict[str, str]:
@@ -115,7 +116,7 @@ def test_tiny_dvc_repro_leaves_every_output(tiny_repo):
     assert "no per-task statistics are read" in table  # the tiny profile runs the default, condition-only mode
     adapter = tiny_repo / "outputs" / "generated" / "sst2" / "adapter_00"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
-    assert "up to date" in _run(tiny_repo, DVC, "status", "dvc.yaml").stdout.lower()
+    assert "up to date" in _run(tiny_repo, DVC, "status", TEXT_PIPELINE).stdout.lower()
 
 
 def test_a_typo_in_params_removes_nothing_and_names_the_key(tiny_repo):
@@ -131,7 +132,7 @@ def test_a_typo_in_params_removes_nothing_and_names_the_key(tiny_repo):
             assert len(lines) == 1 and key in lines[0], result.stdout + result.stderr
             assert "Traceback" not in result.stdout + result.stderr
             assert _snapshot(tiny_repo) == before  # every output in place, byte for byte
-    assert "up to date" in _run(tiny_repo, DVC, "status", "dvc.yaml").stdout.lower()
+    assert "up to date" in _run(tiny_repo, DVC, "status", TEXT_PIPELINE).stdout.lower()
 
 
 def test_runs_that_differ_in_a_generate_param_show_it_on_the_evaluate_run(tiny_repo):
@@ -145,7 +146,7 @@ def test_runs_that_differ_in_a_generate_param_show_it_on_the_evaluate_run(tiny_r
         assert set(runs["params.generate.inference_steps"]) == {"5", "7"}
         assert set(runs["params.generate.sampler"]) == {"ddim"}
         assert runs["metrics.eval_average_generated"].notna().all()
-    assert "up to date" in _run(tiny_repo, DVC, "status", "dvc.yaml").stdout.lower()
+    assert "up to date" in _run(tiny_repo, DVC, "status", TEXT_PIPELINE).stdout.lower()
 
 
 def test_queued_experiments_run_two_at_a_time_and_land_on_a_shared_server_under_their_names(tiny_repo, tmp_path):
@@ -188,18 +189,18 @@ def test_an_old_lock_restores_the_old_corpus(tiny_repo, tmp_path):
     old_bytes = corpus.read_bytes()
     with _restored(tiny_repo) as old_commit:
         _run(tiny_repo, DVC, "remote", "add", "--local", "-f", "scratch", str(tmp_path / "remote"))
-        _run(tiny_repo, DVC, "push", "-r", "scratch", "dvc.yaml")
+        _run(tiny_repo, DVC, "push", "-r", "scratch", TEXT_PIPELINE)
         _set_param(tiny_repo, "collect.lr_head", 0.01)
         _run(tiny_repo, DVC, "repro")
         assert corpus.read_bytes() != old_bytes
         _commit(tiny_repo, "another corpus")
         _run(tiny_repo, "git", "checkout", "-q", old_commit)
-        _run(tiny_repo, DVC, "checkout", "dvc.yaml")
+        _run(tiny_repo, DVC, "checkout", TEXT_PIPELINE)
         assert corpus.read_bytes() == old_bytes
         _run(tiny_repo, "rm", "-rf", ".dvc/cache", "outputs")
-        _run(tiny_repo, DVC, "pull", "-r", "scratch", "dvc.yaml")
+        _run(tiny_repo, DVC, "pull", "-r", "scratch", TEXT_PIPELINE)
         assert corpus.read_bytes() == old_bytes
-    assert "up to date" in _run(tiny_repo, DVC, "status", "dvc.yaml").stdout.lower()
+    assert "up to date" in _run(tiny_repo, DVC, "status", TEXT_PIPELINE).stdout.lower()
 
 
 def test_adding_a_task_runs_only_its_own_prepare_and_collect(tiny_repo):
