@@ -438,7 +438,7 @@ def check_collect(collect: CollectConfig, path: Path | str) -> None:
                           f"collect.per_task.{task}" if task else "collect", path)
 
 
-def check_kept_window(collect, where: str, path: Path | str) -> None:
+def check_kept_window(collect: CollectConfig | StyleCollectConfig, where: str, path: Path | str) -> None:
     """The last `keep_last` checkpoints, `stride` steps apart, fit in `steps` (text or vision collect)."""
     if collect.keep_last < 1 or collect.stride < 1 or (collect.keep_last - 1) * collect.stride >= collect.steps:
         raise ConfigError(f"{path}: {where}: keep_last={collect.keep_last} x stride={collect.stride} does not fit in "
