@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from condpdiff.config import ImageBaseConfig
 from condpdiff.vision.classifier import Classifier
 from condpdiff.vision.data import CLASSES, SIZE, caption
-from condpdiff.vision.pixart import Captions, build_transformer, encode_captions
+from condpdiff.vision.pixart import Captions, build_transformer, encode_captions, encode_with
 
 BASE_FILES = {"transformer": "transformer", "captions": "captions.safetensors",
               "classifier": "classifier.safetensors", "info": "base.json"}
@@ -78,14 +78,8 @@ def base_captions(base: ImageBaseConfig) -> Captions:
     from transformers import AutoTokenizer, T5EncoderModel
 
     folder = Path(base.pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    encoder = T5EncoderModel.from_pretrained(folder / "text_encoder").eval()
-    batch = tokenizer([*texts, ""], padding="max_length", truncation=True, max_length=base.caption_tokens,
-                      return_tensors="pt")
-    with torch.inference_mode():
-        states = encoder(**batch).last_hidden_state  # (K + 1, T, D)
-    mask = batch["attention_mask"].float()
-    return Captions(states[:-1].clone(), mask[:-1].clone(), states[-1].clone(), mask[-1].clone())
+    return encode_with(AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                       T5EncoderModel.from_pretrained(folder / "text_encoder").eval(), texts, base.caption_tokens)
 
 
 def build_base(base: ImageBaseConfig, captions: Captions, seed: int) -> Backbone:

@@ -40,10 +40,15 @@ def encode_captions(texts: list[str], tokens: int) -> Captions:
     from condpdiff.lora import base_model_path
 
     path = base_model_path("minilm")
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    return encode_with(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval(), texts, tokens)
+
+
+def encode_with(tokenizer, encoder, texts: list[str], tokens: int) -> Captions:
+    """The last hidden states of a text encoder (MiniLM, or PixArt-alpha's T5) for each caption and for "",
+    padded or cut to `tokens` tokens."""
     batch = tokenizer([*texts, ""], padding="max_length", truncation=True, max_length=tokens, return_tensors="pt")
     with torch.inference_mode():
-        states = model(**batch).last_hidden_state  # (K + 1, T, 384)
+        states = encoder(**batch).last_hidden_state  # (K + 1, T, D)
     mask = batch["attention_mask"].float()
     return Captions(states[:-1].clone(), mask[:-1].clone(), states[-1].clone(), mask[-1].clone())
 
