@@ -3,8 +3,9 @@ workspace's base model (`dvc repro vision/dvc.yaml` first) and score its last ch
 model, by KID against the style's `select` images (never `eval`: the study picks the default recipe).
 
     python benchmarks/vision_lora_study.py --styles sketch negative   # reports/vision/lora_study.{json,md}
+    python benchmarks/vision_lora_study.py --recipes 500:3e-3:4:5 --out reports/vision/lora_study_minsnr
 
-Each recipe is steps x lr x rank; the LoRA targets and batch are the default profile's.
+Each recipe is steps:lr:rank[:min_snr_gamma]; the LoRA targets and batch are the default profile's.
 """
 import argparse
 import dataclasses
@@ -24,7 +25,15 @@ from condpdiff.vision.imagesets import load_style_set, style_set_file
 from condpdiff.vision.pixart import train_denoiser
 from condpdiff.vision.scoring import StyleScorer
 
-RECIPES = [(500, 1e-3, 4), (500, 3e-3, 4), (1500, 1e-3, 4), (1500, 3e-3, 4), (1000, 3e-3, 8)]
+RECIPES = ["500:1e-3:4", "500:3e-3:4", "1500:1e-3:4", "1500:3e-3:4", "1000:3e-3:8"]
+
+
+def parse_recipe(text: str) -> tuple[int, float, int, float]:
+    """"steps:lr:rank[:min_snr_gamma]" -> (steps, lr, rank, gamma); gamma 0 (plain loss) when left out."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"--recipes: {text!r} is not steps:lr:rank[:min_snr_gamma]")
+    return int(parts[0]), float(parts[1]), int(parts[2]), float(parts[3]) if len(parts) == 4 else 0.0
 
 
 def main() -> None:
@@ -32,8 +41,11 @@ def main() -> None:
     parser.add_argument("--params", default="vision/params.yaml")
     parser.add_argument("--styles", nargs="+", default=["sketch", "negative"])
     parser.add_argument("--images", type=int, default=64, help="generated images per score")
+    parser.add_argument("--recipes", nargs="+", default=RECIPES, help="steps:lr:rank[:min_snr_gamma] each")
+    parser.add_argument("--base", type=Path, default=Path("outputs/vision/base"))
     parser.add_argument("--out", type=Path, default=Path("reports/vision/lora_study"))
     args = parser.parse_args()
+    recipes = [parse_recipe(text) for text in args.recipes]  # a malformed one stops here, before any work
     torch.set_num_threads(2)
     params = load_params(args.params)
     v = params.vision
@@ -44,17 +56,18 @@ def main() -> None:
         select = load_file(str(style_set_file(Path("outputs/vision/references"), style)))["select"].numpy()
         seed = hash_seed(params.seed, style)
         base_scored = False
-        for steps, lr, rank in RECIPES:
-            backbone, captions, _ = load_base(Path("outputs/vision/base"))
+        for steps, lr, rank, gamma in recipes:
+            backbone, captions, _ = load_base(args.base)
             lora = dataclasses.replace(v.lora, r=rank, alpha=rank)
             scorer = StyleScorer(backbone, captions, v.base, lora, v.score, inception)
             start = time.perf_counter()
             train_denoiser(backbone.transformer, backbone.scheduler, images["train"], images["train_labels"],
                            captions, steps, v.collect.batch_size, lr, v.base.caption_dropout, seed,
-                           backbone.to_latents)
+                           backbone.to_latents, min_snr_gamma=gamma)
             seconds = time.perf_counter() - start
             score, _ = scorer.score(flatten_model(backbone.transformer, scorer.layout), select, args.images, seed)
-            rows.append({"style": style, "recipe": f"{steps} steps, lr {lr:g}, r {rank}", "kid": score.kid,
+            label = f"{steps} steps, lr {lr:g}, r {rank}" + (f", min-SNR {gamma:g}" if gamma else "")
+            rows.append({"style": style, "recipe": label, "kid": score.kid,
                          "kid_std": score.kid_std, "train_seconds": seconds})
             print(rows[-1], flush=True)
             if not base_scored:  # after training: a zero vector zeroes lora_A too, and nothing would learn

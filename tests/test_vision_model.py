@@ -13,7 +13,7 @@ from condpdiff.vision import styles
 from condpdiff.vision.backbone import Backbone, base_captions, build_base, load_base, sample_images, save_base
 from condpdiff.vision.classifier import Classifier
 from condpdiff.vision.imagesets import load_style_set, save_style_set
-from condpdiff.vision.pixart import Captions, build_transformer, inject_style_lora, train_denoiser
+from condpdiff.vision.pixart import Captions, build_transformer, denoising_loss, inject_style_lora, train_denoiser
 from conftest import REPO
 
 TINY = REPO / "profiles" / "vision-tiny.yaml"
@@ -46,6 +46,24 @@ def test_lora_on_pixart_attention_trains_only_the_lora_weights():
                    caption_dropout=0.5, seed=0)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == lora_names
+
+
+def test_min_snr_weighting_lowers_only_the_nearly_clean_timesteps_errors():
+    """gamma above every timestep's SNR is the plain loss; a small gamma weighs the low-noise timesteps
+    (SNR > gamma) down and leaves the noisy ones (SNR <= gamma) at weight 1."""
+    model = build_transformer(32, 2, 1, 4, 384, 32, 0)
+    scheduler = build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler
+    x, labels = images(16)
+    states, mask = tiny_captions().take(labels)
+    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
+
+    def loss(gamma: float) -> float:
+        with torch.no_grad():
+            return denoising_loss(model, scheduler, x, states, mask, torch.Generator().manual_seed(3), gamma).item()
+
+    plain = loss(0.0)
+    assert loss(float(snr.max()) * 2) == pytest.approx(plain, rel=1e-6)
+    assert 0 < loss(1.0) < plain
 
 
 def test_the_initial_lora_does_not_depend_on_the_global_random_state():
@@ -94,6 +112,8 @@ def test_seeded_sampling_repeats():
     ("vision.score.kid_subset_size=1", "kid_subset_size"),
     ("vision.collect.keep_last=60", "keep_last"),
     ("vision.base.hidden=many", "vision.base.hidden"),
+    ("vision.base.min_snr_gamma=-1", "vision.base.min_snr_gamma"),
+    ("vision.collect.min_snr_gamma=.nan", "vision.collect.min_snr_gamma"),
 ])
 def test_bad_vision_params_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

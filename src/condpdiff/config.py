@@ -222,6 +222,7 @@ class ImageBaseConfig:
     lr: float
     caption_dropout: float  # share of training captions replaced by the empty one (for guidance)
     ema_decay: float  # the base model's weights are the moving average of its training (0: off)
+    min_snr_gamma: float  # Min-SNR loss weighting min(SNR, gamma) / SNR (0: the plain epsilon loss)
     beta_schedule: str  # the DDPM noise schedule (diffusers name): linear | squaredcos_cap_v2
     sample_steps: int  # DDIM steps when sampling images
     guidance: float  # classifier-free guidance scale when sampling images
@@ -244,6 +245,7 @@ class StyleCollectConfig:
     keep_last: int
     stride: int  # a checkpoint every `stride` steps in the kept window
     originals_scored: int  # kept checkpoints scored on select (the best is the "original" row)
+    min_snr_gamma: float  # as vision.base.min_snr_gamma, for the LoRA's training (0: the plain loss)
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,9 @@ def check_vision_params(params: VisionParams, path: Path | str) -> None:
         raise ConfigError(f"{path}: vision.base.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2")
     if not 0.0 <= v.base.ema_decay < 1.0 or not 0.0 <= v.base.caption_dropout < 1.0:
         raise ConfigError(f"{path}: vision.base.ema_decay and vision.base.caption_dropout must be in [0, 1)")
+    for name, gamma in (("base", v.base.min_snr_gamma), ("collect", v.collect.min_snr_gamma)):
+        if not gamma >= 0:  # NaN fails too
+            raise ConfigError(f"{path}: vision.{name}.min_snr_gamma must be >= 0 (0: off), got {gamma}")
     if v.condition.encoder not in ("inception", "resnet18", "open_clip"):
         raise ConfigError(f"{path}: vision.condition.encoder must be inception, resnet18 or open_clip")
     if v.condition.encoder != "inception" and not (v.condition.weights and Path(v.condition.weights).is_file()):

@@ -47,7 +47,8 @@ def main() -> None:
 
         train_denoiser(backbone.transformer, backbone.scheduler, images["train"], images["train_labels"], captions,
                        recipe.steps, recipe.batch_size, recipe.lr, v.base.caption_dropout, seed,
-                       backbone.to_latents, on_step=metric_logger(), on_checkpoint=keep)
+                       backbone.to_latents, on_step=metric_logger(), on_checkpoint=keep,
+                       min_snr_gamma=recipe.min_snr_gamma)
         scored = spaced_indices(recipe.originals_scored, len(kept))
         best, kids = scorer.best_of([kept[i] for i in scored], select, seed)
         args.out.mkdir(parents=True, exist_ok=True)

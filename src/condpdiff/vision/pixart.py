@@ -68,26 +68,34 @@ def build_transformer(hidden: int, heads: int, layers: int, patch_size: int, cap
 
 
 def denoising_loss(model, scheduler: DDPMScheduler, images: torch.Tensor, states: torch.Tensor,
-                   mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The DDPM epsilon loss of a batch of images (B, C, H, W) in [-1, 1], one timestep per image."""
+                   mask: torch.Tensor, generator: torch.Generator, min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """The DDPM epsilon loss of a batch of images (B, C, H, W) in [-1, 1], one timestep per image.
+    `min_snr_gamma` > 0 weighs each image's error by min(SNR(t), gamma) / SNR(t) (Min-SNR, Hang et al.
+    2023): the nearly clean timesteps, whose noise is easy to tell and which dominate the plain loss's
+    gradient, stop crowding out the noisy ones where shapes are decided."""
     noise = torch.randn(images.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), generator=generator)
     noisy = scheduler.add_noise(images, noise, t)
     predicted = model(noisy, encoder_hidden_states=states, encoder_attention_mask=mask, timestep=t).sample
-    return F.mse_loss(predicted, noise)
+    if min_snr_gamma <= 0:
+        return F.mse_loss(predicted, noise)
+    alpha_bar = scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = (min_snr_gamma / snr).clamp(max=1.0)  # = min(SNR, gamma) / SNR, finite where SNR -> 0
+    return (weight * (predicted - noise).pow(2).flatten(1).mean(1)).mean()
 
 
 def train_denoiser(model, scheduler: DDPMScheduler, images: torch.Tensor, labels: torch.Tensor,
                    captions: Captions, steps: int, batch_size: int, lr: float, caption_dropout: float,
                    seed: int, to_latents: Callable[[torch.Tensor], torch.Tensor] = lambda images: images,
                    ema_decay: float = 0.0, on_step: Callable[[int, dict], None] | None = None,
-                   on_checkpoint: Callable[[int], None] | None = None) -> None:
+                   on_checkpoint: Callable[[int], None] | None = None, min_snr_gamma: float = 0.0) -> None:
     """AdamW on the model's trainable parameters (all, or only the LoRA once injected) for `steps` batches
     drawn with replacement; the caption is replaced by the empty one with probability `caption_dropout`
     (what guidance needs). `to_latents` maps images to what the model denoises (pixels, or a VAE's
     latents). `ema_decay` > 0 ends with the exponential moving average of the weights (smoother samples
     from a short training; the LoRA corpus keeps raw checkpoints). `on_checkpoint(step)` is called after
-    each step (the LoRA corpus keeps some of them)."""
+    each step (the LoRA corpus keeps some of them). `min_snr_gamma`: see `denoising_loss`."""
     generator = torch.Generator().manual_seed(seed)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
@@ -97,7 +105,7 @@ def train_denoiser(model, scheduler: DDPMScheduler, images: torch.Tensor, labels
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
         drop = torch.rand(batch_size, generator=generator) < caption_dropout
         states, mask = captions.take(labels[index], drop)
-        loss = denoising_loss(model, scheduler, to_latents(images[index]), states, mask, generator)
+        loss = denoising_loss(model, scheduler, to_latents(images[index]), states, mask, generator, min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
