@@ -56,6 +56,10 @@ def test_tiny_vision_table_has_every_row_and_finite_scores(vision_repo):
     assert summary["styles"] == 2 and 0 <= summary["own_beats_wrong_styles"] <= 2
     for image in ("styles.png", "base_samples.png", "grid_sketch.png", "interpolation.png"):
         assert (vision_repo / "reports" / "vision" / image).stat().st_size > 0
+    base = json.loads((vision_repo / "metrics" / "vision_base.json").read_text())
+    confusion = base["confusion_asked_by_labelled"]  # rows: the caption's class; columns: the classifier's label
+    assert sum(map(sum, confusion)) == base["samples_checked"]
+    assert sum(confusion[c][c] for c in range(10)) / base["samples_checked"] == pytest.approx(base["recognised"])
 
 
 def test_style_lora_cli_writes_adapters_that_load_into_the_base_model(vision_repo, tmp_path):

@@ -39,12 +39,16 @@ def main() -> None:
                        min_snr_gamma=base.min_snr_gamma)
         asked = torch.arange(base.check_images) % len(captions.states)  # every class equally often
         samples = sample_images(backbone, captions, asked, base.sample_steps, base.guidance, params.seed)
-        recognised = (predict(classifier, samples) == asked).float()
+        predicted = predict(classifier, samples)
+        recognised = (predicted == asked).float()
         per_class = [recognised[asked == c].mean().item() for c in range(len(captions.states))]
+        confusion = torch.zeros(len(captions.states), len(captions.states), dtype=torch.long)
+        confusion.index_put_((asked, predicted), torch.ones_like(asked), accumulate=True)
         args.out.mkdir(parents=True, exist_ok=True)
         save_base(args.out, backbone, captions, classifier, base.pretrained)
         save_grid([samples[asked == c][:12] for c in range(len(captions.states))], args.grid)
         metrics = {"recognised": recognised.mean().item(), "recognised_per_class": per_class,
+                   "confusion_asked_by_labelled": confusion.tolist(),
                    "classifier_accuracy_real_test": real_accuracy, "samples_checked": base.check_images}
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
         args.metrics.write_text(json.dumps(metrics, indent=1))
