@@ -28,13 +28,13 @@ def _clusters(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     return centres, corpus, task_index, bank
 
 
-def _params(norm: Norm):
+def _params(norm: Norm, diffusion_steps: int = 600):
     p = TINY_PARAMS
     return replace(p, norm=norm,
                    autoencoder=replace(p.autoencoder, channels=[16, 32], latent_channels=4, steps=400, batch_size=16,
                                        lr=0.003),
                    mean_predictor=replace(p.mean_predictor, steps=300),
-                   diffusion=replace(p.diffusion, timesteps=100, channels=[32, 64], embed_dim=32, steps=600,
+                   diffusion=replace(p.diffusion, timesteps=100, channels=[32, 64], embed_dim=32, steps=diffusion_steps,
                                      batch_size=32, lr=0.002))
 
 
@@ -46,9 +46,11 @@ def _nearest(vectors: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("norm", [Norm.batch, Norm.cond])
 def test_samples_land_on_the_cluster_their_condition_names(norm):
     """Under one global normalization (batch) only the condition tells the clusters apart; under cond
-    the condition's predicted mean does. Either way each condition's samples must land on its cluster."""
+    the condition's predicted mean does. Either way each condition's samples must land on its cluster.
+    1,200 denoiser steps: at 600 the batch generator sat on the bar's edge, and on one CPU (AMD EPYC, this
+    project's 2026-11-29 machine) landed 6 of 8 samples of cluster 1 on it (two generate seeds; 8/8 at 1,200)."""
     centres, corpus, task_index, bank = _clusters()
-    generator = train_generator(_params(norm), corpus, task_index, bank, learned_condition=False)
+    generator = train_generator(_params(norm, diffusion_steps=1200), corpus, task_index, bank, learned_condition=False)
     for k in range(3):
         condition = bank[k, 0]
         stats = None if norm is Norm.cond else k
