@@ -87,3 +87,12 @@ def conditions(outputs: Path) -> torch.Tensor:
 
     with safe_open(str(generator_files(outputs).conditions), "pt") as handle:
         return handle.get_tensor("conditions")
+
+
+def parse_recipe(text: str, kinds: tuple[type, ...], required: int, form: str) -> tuple:
+    """A `--recipes` entry "a:b[:c]" -> its fields cast to `kinds`; fields after the first `required` may be
+    left out and are then 0 (a switch that is off)."""
+    parts = text.split(":")
+    if not required <= len(parts) <= len(kinds):
+        raise SystemExit(f"--recipes: {text!r} is not {form}")
+    return tuple(kind(part) for kind, part in zip(kinds, parts + ["0"] * (len(kinds) - len(parts))))

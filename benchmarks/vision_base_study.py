@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from common import parse_recipe
 from condpdiff.config import load_params
 from condpdiff.vision.backbone import base_captions, build_base, sample_images
 from condpdiff.vision.classifier import accuracy, predict, train_classifier
@@ -24,14 +25,6 @@ from condpdiff.vision.pixart import train_denoiser
 SAMPLE_SEED = 1000
 
 
-def parse_recipe(text: str) -> tuple[int, float, float]:
-    """"steps:min_snr_gamma:ema_decay" -> (steps, gamma, decay)."""
-    parts = text.split(":")
-    if len(parts) != 3:
-        raise SystemExit(f"--recipes: {text!r} is not steps:min_snr_gamma:ema_decay")
-    return int(parts[0]), float(parts[1]), float(parts[2])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="vision/params.yaml")
@@ -40,7 +33,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0, 3.0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    recipes = [parse_recipe(text) for text in args.recipes]
+    recipes = [parse_recipe(text, (int, float, float), 3, "steps:min_snr_gamma:ema_decay") for text in args.recipes]
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     data, base = params.vision.data, params.vision.base
@@ -64,7 +57,8 @@ def main() -> None:
             hit = (predict(classifier, samples) == asked).float()
             print(json.dumps({"steps": steps, "min_snr_gamma": gamma, "ema_decay": decay, "guidance": guidance,
                               "recognised": round(hit.mean().item(), 3), "samples": args.samples,
-                              "per_class": [round(hit[asked == c].mean().item(), 2) for c in range(len(captions.states))],
+                              "per_class": [round(hit[asked == c].mean().item(), 2)
+                                            for c in range(len(captions.states))],
                               "train_seconds": round(seconds)}), flush=True)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from common import parse_recipe
 from condpdiff.config import load_params
 from condpdiff.conditions import hash_seed
 from condpdiff.lora import flatten_model
@@ -27,13 +28,7 @@ from condpdiff.vision.scoring import StyleScorer
 
 RECIPES = ["500:1e-3:4", "500:3e-3:4", "1500:1e-3:4", "1500:3e-3:4", "1000:3e-3:8"]
 
-
-def parse_recipe(text: str) -> tuple[int, float, int, float]:
-    """"steps:lr:rank[:min_snr_gamma]" -> (steps, lr, rank, gamma); gamma 0 (plain loss) when left out."""
-    parts = text.split(":")
-    if len(parts) not in (3, 4):
-        raise SystemExit(f"--recipes: {text!r} is not steps:lr:rank[:min_snr_gamma]")
-    return int(parts[0]), float(parts[1]), int(parts[2]), float(parts[3]) if len(parts) == 4 else 0.0
+FORM = "steps:lr:rank[:min_snr_gamma]"  # gamma 0 (the plain loss) when left out
 
 
 def main() -> None:
@@ -45,7 +40,8 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=Path("outputs/vision/base"))
     parser.add_argument("--out", type=Path, default=Path("reports/vision/lora_study"))
     args = parser.parse_args()
-    recipes = [parse_recipe(text) for text in args.recipes]  # a malformed one stops here, before any work
+    # a malformed recipe stops here, before any work
+    recipes = [parse_recipe(text, (int, float, int, float), 3, FORM) for text in args.recipes]
     torch.set_num_threads(2)
     params = load_params(args.params)
     v = params.vision
