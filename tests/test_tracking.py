@@ -76,3 +76,20 @@ def test_a_run_of_a_dead_process_on_another_host_is_left_alone_unless_old():
     assert client.get_run(elsewhere).info.status == client.get_run(alive).info.status == "RUNNING"
     assert fail_abandoned_runs(client, experiment, older_than_hours=0.0) == [elsewhere]
     assert client.get_run(alive).info.status == "RUNNING"
+
+
+def test_an_experiment_another_process_creates_between_look_and_create_is_joined(monkeypatch):
+    """Two queued experiments start their first stage at once against one server: both must land in one experiment."""
+    looked = mlflow.get_experiment_by_name
+    calls = []
+
+    def look_then_lose_the_race(name):
+        calls.append(name)
+        if len(calls) == 1:
+            mlflow.MlflowClient().create_experiment(name)  # the other worker wins between our look and our create
+            return None
+        return looked(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", look_then_lose_the_race)
+    experiment_id = setup_experiment("raced")
+    assert experiment_id == looked("raced").experiment_id and len(calls) == 2

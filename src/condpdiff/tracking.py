@@ -25,6 +25,7 @@ from typing import Iterator
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from condpdiff.config import Params, flatten_dict, params_hash, params_to_dict
 
@@ -98,7 +99,12 @@ def setup_experiment(name: str = EXPERIMENT) -> str:
         artifacts = None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             artifacts = (repo_root() / "mlruns" / "artifacts").as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=artifacts)
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=artifacts)
+        except MlflowException as error:  # another process (a queued experiment) created it since we looked
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
