@@ -3,8 +3,10 @@ recipe (the default profile's model, data and classifier; steps, Min-SNR gamma a
 report the share of its samples that the classifier labels as their caption's class.
 
     python benchmarks/vision_base_study.py --recipes 2000:5:0.995 2000:0:0.995 --threads 1
+    python benchmarks/vision_base_study.py --trained outputs/vision/base --sample-steps 25 50 --spacing leading trailing
 
-Samples are drawn with seed 1000, not the base stage's seed 0, so a recipe chosen here is checked on
+`--trained` scores a base model the pipeline already trained (its own classifier too) under each DDIM step
+count, timestep spacing and guidance scale: how to sample, without training again. Samples are drawn with seed 1000, not the base stage's seed 0, so a recipe chosen here is checked on
 other samples by the stage. Prints one JSON line per recipe and guidance scale.
 """
 import argparse
@@ -16,7 +18,9 @@ import torch
 
 from common import parse_recipe
 from condpdiff.config import load_params
-from condpdiff.vision.backbone import base_captions, build_base, sample_images
+from diffusers import DDPMScheduler
+
+from condpdiff.vision.backbone import base_captions, build_base, load_base, sample_images
 from condpdiff.vision.classifier import accuracy, predict, train_classifier
 from condpdiff.vision.data import load_split
 from condpdiff.vision.imagesets import to_model_range
@@ -28,11 +32,19 @@ SAMPLE_SEED = 1000
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="vision/params.yaml")
-    parser.add_argument("--recipes", nargs="+", required=True, help="steps:min_snr_gamma:ema_decay each")
+    parser.add_argument("--recipes", nargs="+", help="steps:min_snr_gamma:ema_decay each")
+    parser.add_argument("--trained", type=Path, help="a base stage's folder: compare ways to sample it instead")
+    parser.add_argument("--sample-steps", type=int, nargs="+", help="DDIM steps (--trained; default: the params')")
+    parser.add_argument("--spacing", nargs="+", default=["leading"], help="DDIM timestep spacing (--trained)")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--guidance", type=float, nargs="+", default=[2.0, 3.0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if (args.recipes is None) == (args.trained is None):
+        parser.error("give exactly one of --recipes (train and score) and --trained (score ways to sample)")
+    if args.trained is not None:
+        torch.set_num_threads(args.threads)
+        return score_sampling(args, load_params(args.params).vision.base)
     recipes = [parse_recipe(text, (int, float, float), 3, "steps:min_snr_gamma:ema_decay") for text in args.recipes]
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -60,6 +72,24 @@ def main() -> None:
                               "per_class": [round(hit[asked == c].mean().item(), 2)
                                             for c in range(len(captions.states))],
                               "train_seconds": round(seconds)}), flush=True)
+
+
+def score_sampling(args, base) -> None:
+    """The trained base under every DDIM step count x timestep spacing x guidance scale asked for."""
+    backbone, captions, classifier = load_base(args.trained)
+    asked = torch.arange(args.samples) % len(captions.states)
+    for spacing in args.spacing:
+        backbone.scheduler = DDPMScheduler.from_config(backbone.scheduler.config, timestep_spacing=spacing)
+        for steps in args.sample_steps or [base.sample_steps]:
+            for guidance in args.guidance:
+                start = time.perf_counter()
+                samples = sample_images(backbone, captions, asked, steps, guidance, SAMPLE_SEED)
+                hit = (predict(classifier, samples) == asked).float()
+                print(json.dumps({"trained": str(args.trained), "sample_steps": steps, "spacing": spacing,
+                                  "guidance": guidance, "recognised": round(hit.mean().item(), 3),
+                                  "samples": args.samples, "per_class": [round(hit[asked == c].mean().item(), 2)
+                                                                         for c in range(len(captions.states))],
+                                  "sample_seconds": round(time.perf_counter() - start, 1)}), flush=True)
 
 
 if __name__ == "__main__":
