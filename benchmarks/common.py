@@ -93,6 +93,9 @@ def parse_recipe(text: str, kinds: tuple[type, ...], required: int, form: str) -
     """A `--recipes` entry "a:b[:c]" -> its fields cast to `kinds`; fields after the first `required` may be
     left out and are then 0 (a switch that is off)."""
     parts = text.split(":")
-    if not required <= len(parts) <= len(kinds):
-        raise SystemExit(f"--recipes: {text!r} is not {form}")
-    return tuple(kind(part) for kind, part in zip(kinds, parts + ["0"] * (len(kinds) - len(parts))))
+    try:
+        if not required <= len(parts) <= len(kinds):
+            raise ValueError(text)
+        return tuple(kind(part) for kind, part in zip(kinds, parts + ["0"] * (len(kinds) - len(parts))))
+    except ValueError:
+        raise SystemExit(f"--recipes: {text!r} is not {form}") from None

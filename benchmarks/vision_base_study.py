@@ -1,8 +1,10 @@
 """Which base-model recipe draws recognisable garments soonest? Train the vision base model once per
-recipe (the default profile's model, data and classifier; steps, Min-SNR gamma and EMA decay vary) and
+recipe (the default profile's model, data and classifier; steps, Min-SNR gamma, EMA decay and the learning
+rate schedule vary) and
 report the share of its samples that the classifier labels as their caption's class.
 
     python benchmarks/vision_base_study.py --recipes 2000:5:0.995 2000:0:0.995 --threads 1
+    python benchmarks/vision_base_study.py --recipes 6000:0:0.999:cosine --guidance 2
     python benchmarks/vision_base_study.py --trained outputs/vision/base --sample-steps 25 50 --spacing leading trailing
 
 `--trained` scores a base model the pipeline already trained (its own classifier too) under each DDIM step
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from common import parse_recipe
-from condpdiff.config import load_params
+from condpdiff.config import LR_SCHEDULES, load_params
 from diffusers import DDPMScheduler
 
 from condpdiff.vision.backbone import base_captions, build_base, load_base, sample_images
@@ -27,12 +29,20 @@ from condpdiff.vision.imagesets import to_model_range
 from condpdiff.vision.pixart import train_denoiser
 
 SAMPLE_SEED = 1000
+FORM = "steps:min_snr_gamma:ema_decay[:lr_schedule]"  # the params' constant schedule when left out
+
+
+def lr_schedule(text: str) -> str:
+    name = "constant" if text == "0" else text
+    if name not in LR_SCHEDULES:
+        raise ValueError(name)
+    return name
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="vision/params.yaml")
-    parser.add_argument("--recipes", nargs="+", help="steps:min_snr_gamma:ema_decay each")
+    parser.add_argument("--recipes", nargs="+", help=f"{FORM} each")
     parser.add_argument("--trained", type=Path, help="a base stage's folder: compare ways to sample it instead")
     parser.add_argument("--sample-steps", type=int, nargs="+", help="DDIM steps (--trained; default: the params')")
     parser.add_argument("--spacing", nargs="+", default=["leading"], help="DDIM timestep spacing (--trained)")
@@ -45,7 +55,7 @@ def main() -> None:
     if args.trained is not None:
         torch.set_num_threads(args.threads)
         return score_sampling(args, load_params(args.params).vision.base)
-    recipes = [parse_recipe(text, (int, float, float), 3, "steps:min_snr_gamma:ema_decay") for text in args.recipes]
+    recipes = [parse_recipe(text, (int, float, float, lr_schedule), 3, FORM) for text in args.recipes]
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     data, base = params.vision.data, params.vision.base
@@ -57,17 +67,18 @@ def main() -> None:
     print(json.dumps({"classifier_steps": base.classifier_steps, "real_test_accuracy": round(real, 4)}), flush=True)
     captions = base_captions(base)
     asked = torch.arange(args.samples) % len(captions.states)
-    for steps, gamma, decay in recipes:
+    for steps, gamma, decay, schedule in recipes:
         backbone = build_base(base, captions, params.seed)
         start = time.perf_counter()
         train_denoiser(backbone.transformer, backbone.scheduler, images[:data.base_images], labels[:data.base_images],
                        captions, steps, base.batch_size, base.lr, base.caption_dropout, params.seed,
-                       backbone.to_latents, decay, min_snr_gamma=gamma)
+                       backbone.to_latents, decay, min_snr_gamma=gamma, lr_schedule=schedule)
         seconds = time.perf_counter() - start
         for guidance in args.guidance:
             samples = sample_images(backbone, captions, asked, base.sample_steps, guidance, SAMPLE_SEED)
             hit = (predict(classifier, samples) == asked).float()
-            print(json.dumps({"steps": steps, "min_snr_gamma": gamma, "ema_decay": decay, "guidance": guidance,
+            print(json.dumps({"steps": steps, "min_snr_gamma": gamma, "ema_decay": decay, "lr_schedule": schedule,
+                              "guidance": guidance,
                               "recognised": round(hit.mean().item(), 3), "samples": args.samples,
                               "per_class": [round(hit[asked == c].mean().item(), 2)
                                             for c in range(len(captions.states))],

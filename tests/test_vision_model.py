@@ -66,6 +66,27 @@ def test_min_snr_weighting_lowers_only_the_nearly_clean_timesteps_errors():
     assert 0 < loss(1.0) < plain
 
 
+def test_the_cosine_schedule_halves_the_second_of_two_steps():
+    """Both runs see the same batches and gradients, so Adam moves the same way; over 2 steps the cosine
+    schedule's second step runs at half the rate (0.5 * (1 + cos(pi / 2))), the constant one's at full."""
+    x, labels = images()
+    scheduler = build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler
+
+    def moves(schedule: str) -> list[torch.Tensor]:
+        model = build_transformer(32, 2, 1, 4, 384, 32, 0)
+        weights = [torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()]
+        train_denoiser(model, scheduler, x, labels, tiny_captions(), steps=2, batch_size=4, lr=1e-3,
+                       caption_dropout=0.0, seed=0, lr_schedule=schedule, on_checkpoint=lambda step: weights.append(
+                           torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()))
+        return [after - before for before, after in zip(weights, weights[1:])]
+
+    constant, cosine = moves("constant"), moves("cosine")
+    torch.testing.assert_close(cosine[0], constant[0])
+    torch.testing.assert_close(cosine[1], 0.5 * constant[1], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        moves("linear")
+
+
 def test_the_initial_lora_does_not_depend_on_the_global_random_state():
     """Two processes reached injection with different global streams: their collect stages trained
     different LoRAs from the same seeds (the vision corpus changed from run to run)."""
@@ -114,6 +135,7 @@ def test_seeded_sampling_repeats():
     ("vision.base.hidden=many", "vision.base.hidden"),
     ("vision.base.min_snr_gamma=-1", "vision.base.min_snr_gamma"),
     ("vision.collect.min_snr_gamma=.nan", "vision.collect.min_snr_gamma"),
+    ("vision.base.lr_schedule=linear", "vision.base.lr_schedule"),
 ])
 def test_bad_vision_params_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 TASKS = ("sst2", "cola", "mrpc", "rte", "qnli", "stsb")
 # the vision branch's style transforms (condpdiff.vision.styles.STYLES, in this order; a test checks)
+LR_SCHEDULES = ("constant", "cosine")
 STYLES = ("sketch", "relief", "poster", "negative", "halftone", "blur", "stripes", "checker", "mosaic", "outline")
 
 
@@ -220,6 +221,7 @@ class ImageBaseConfig:
     steps: int
     batch_size: int
     lr: float
+    lr_schedule: str  # constant | cosine (from lr down to 0 over the steps)
     caption_dropout: float  # share of training captions replaced by the empty one (for guidance)
     ema_decay: float  # the base model's weights are the moving average of its training (0: off)
     min_snr_gamma: float  # Min-SNR loss weighting min(SNR, gamma) / SNR (0: the plain epsilon loss)
@@ -411,6 +413,9 @@ def check_vision_params(params: VisionParams, path: Path | str) -> None:
         raise ConfigError(f"{path}: vision.collect.originals_scored exceeds keep_last")
     if v.base.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
         raise ConfigError(f"{path}: vision.base.beta_schedule must be linear, scaled_linear or squaredcos_cap_v2")
+    if v.base.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"{path}: vision.base.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                          f"got {v.base.lr_schedule!r}")
     if not 0.0 <= v.base.ema_decay < 1.0 or not 0.0 <= v.base.caption_dropout < 1.0:
         raise ConfigError(f"{path}: vision.base.ema_decay and vision.base.caption_dropout must be in [0, 1)")
     for name, gamma in (("base", v.base.min_snr_gamma), ("collect", v.collect.min_snr_gamma)):

@@ -36,7 +36,7 @@ def main() -> None:
         train_denoiser(backbone.transformer, backbone.scheduler, images[:data.base_images], labels[:data.base_images],
                        captions, base.steps, base.batch_size, base.lr, base.caption_dropout, params.seed,
                        backbone.to_latents, base.ema_decay, on_step=metric_logger("base_"),
-                       min_snr_gamma=base.min_snr_gamma)
+                       min_snr_gamma=base.min_snr_gamma, lr_schedule=base.lr_schedule)
         asked = torch.arange(base.check_images) % len(captions.states)  # every class equally often
         samples = sample_images(backbone, captions, asked, base.sample_steps, base.guidance, params.seed)
         predicted = predict(classifier, samples)
