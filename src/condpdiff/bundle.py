@@ -22,6 +22,9 @@ from condpdiff.generator import load_generator
 from condpdiff.lora import Layout, base_model_path, build_peft_model, read_layouts, write_adapter
 
 MAX_SAMPLES = 256
+# what a checked request resolves to: its condition embedding, the stats row (None: condition-only), the
+# layout of its head, num_labels
+Checked = tuple[torch.Tensor, int | None, Layout, int]
 
 
 class BundleError(ValueError):
@@ -105,7 +108,7 @@ class GeneratorBundle:
         if self.spec["encoder_fingerprint"] and weights_fingerprint("minilm") != self.spec["encoder_fingerprint"]:
             raise BundleError(f"the installed condition encoder differs from {self.spec['encoder']!r}")
 
-    def _condition(self, request: Request) -> tuple[torch.Tensor, int | None, Layout, int]:
+    def _condition(self, request: Request) -> Checked:
         """(condition vector, index of the normalization stats, layout, num_labels)"""
         tasks = self.spec["tasks"]
         if request.task is not None and request.description is None:
@@ -137,7 +140,7 @@ class GeneratorBundle:
             condition = self._encoder.encode([text])[0]
         return condition, stats_index, self.layouts[same_head[0]], request.num_labels
 
-    def check(self, request: Request) -> tuple[torch.Tensor, int | None, Layout, int]:
+    def check(self, request: Request) -> Checked:
         """Validate a request before any generation; returns what `_condition` resolves."""
         if not 1 <= request.num_samples <= MAX_SAMPLES:
             raise BundleError(f"num_samples must be in 1..{MAX_SAMPLES}, got {request.num_samples}")
@@ -153,16 +156,17 @@ class GeneratorBundle:
         passes = 2 if self.spec.get("guidance", 1.0) != 1.0 else 1
         return request.num_samples * (request.steps or self.spec["inference_steps"]) * passes
 
-    def generate_vectors(self, request: Request) -> tuple[torch.Tensor, Layout, int]:
-        condition, stats_index, layout, num_labels = self.check(request)
+    def generate_vectors(self, request: Request, checked: Checked | None = None) -> tuple[torch.Tensor, Layout, int]:
+        """`checked`: what `check(request)` returned, when the caller checked already (no second encoding)."""
+        condition, stats_index, layout, num_labels = checked or self.check(request)
         vectors = self.generator.generate(
             condition, stats_index, layout.length, request.num_samples, request.sampler or self.spec["sampler"],
             request.steps or self.spec["inference_steps"], request.seed, self.spec.get("guidance", 1.0))
         return vectors, layout, num_labels
 
-    def write_adapters(self, request: Request, out: Path) -> list[Path]:
+    def write_adapters(self, request: Request, out: Path, checked: Checked | None = None) -> list[Path]:
         """PEFT adapter folders out/adapter_00, ... (the layout of the `generate` stage)."""
-        vectors, layout, num_labels = self.generate_vectors(request)
+        vectors, layout, num_labels = self.generate_vectors(request, checked)
         folders = [Path(out) / f"adapter_{k:02d}" for k in range(len(vectors))]
         with self._lock:
             if num_labels not in self._models:
@@ -171,10 +175,10 @@ class GeneratorBundle:
                 write_adapter(self._models[num_labels], vector, layout, folder)
         return folders
 
-    def adapter_files(self, request: Request) -> list[dict[str, bytes]]:
+    def adapter_files(self, request: Request, checked: Checked | None = None) -> list[dict[str, bytes]]:
         """The same adapters as bytes: {'adapter_config.json': ..., 'adapter_model.safetensors': ...}."""
         with tempfile.TemporaryDirectory() as tmp:
             return [
                 {name: (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
-                for folder in self.write_adapters(request, Path(tmp))
+                for folder in self.write_adapters(request, Path(tmp), checked)
             ]

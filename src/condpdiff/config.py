@@ -19,8 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 TASKS = ("sst2", "cola", "mrpc", "rte", "qnli", "stsb")
 # the vision branch's style transforms (condpdiff.vision.styles.STYLES, in this order; a test checks)
-LR_SCHEDULES = ("constant", "cosine")
 STYLES = ("sketch", "relief", "poster", "negative", "halftone", "blur", "stripes", "checker", "mosaic", "outline")
+LR_SCHEDULES = ("constant", "cosine")  # vision.base.lr_schedule (condpdiff.vision.pixart.train_denoiser)
 
 
 class ConfigError(ValueError):

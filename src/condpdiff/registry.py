@@ -120,13 +120,13 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         try:  # every row is checked before anything is generated
             requests = _each_row((row for _, row in model_input.iterrows()), request_from_row)
             self.limits.check_size(requests)
-            _each_row(requests, self.bundle.check)
+            checked = _each_row(requests, self.bundle.check)
             self.limits.check_work([self.bundle.work(request) for request in requests])
         except BundleError as error:  # the client reads the message; no trace, no server paths
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(str(error)) from None
         rows = []
-        for i, request in enumerate(requests):
-            for k, files in enumerate(self.bundle.adapter_files(request)):
+        for i, (request, resolved) in enumerate(zip(requests, checked)):
+            for k, files in enumerate(self.bundle.adapter_files(request, resolved)):
                 rows.append({"row": i, "sample": k, "adapter_config": files["adapter_config.json"].decode(),
                              "adapter_model_safetensors_b64": base64.b64encode(files["adapter_model.safetensors"]).decode()})
         return pd.DataFrame(rows)

@@ -9,11 +9,10 @@ import torch
 
 from condpdiff.config import load_params
 from condpdiff.tracking import metric_logger, stage_run
-from condpdiff.vision.backbone import base_captions, build_base, sample_images, save_base
-from condpdiff.vision.classifier import accuracy, predict, train_classifier
+from condpdiff.vision.backbone import base_captions, sample_images, save_base, train_base
+from condpdiff.vision.classifier import accuracy, recognition, train_classifier
 from condpdiff.vision.data import load_split
 from condpdiff.vision.imagesets import save_grid, to_model_range
-from condpdiff.vision.pixart import train_denoiser
 
 
 def main() -> None:
@@ -32,23 +31,14 @@ def main() -> None:
         classifier = train_classifier(images, labels, base.classifier_steps, params.seed)
         real_accuracy = accuracy(classifier, to_model_range(test), torch.from_numpy(test_labels))
         captions = base_captions(base)
-        backbone = build_base(base, captions, params.seed)
-        train_denoiser(backbone.transformer, backbone.scheduler, images[:data.base_images], labels[:data.base_images],
-                       captions, base.steps, base.batch_size, base.lr, base.caption_dropout, params.seed,
-                       backbone.to_latents, base.ema_decay, on_step=metric_logger("base_"),
-                       min_snr_gamma=base.min_snr_gamma, lr_schedule=base.lr_schedule)
+        backbone = train_base(base, captions, images[:data.base_images], labels[:data.base_images], params.seed,
+                              on_step=metric_logger("base_"))
         asked = torch.arange(base.check_images) % len(captions.states)  # every class equally often
         samples = sample_images(backbone, captions, asked, base.sample_steps, base.guidance, params.seed)
-        predicted = predict(classifier, samples)
-        recognised = (predicted == asked).float()
-        per_class = [recognised[asked == c].mean().item() for c in range(len(captions.states))]
-        confusion = torch.zeros(len(captions.states), len(captions.states), dtype=torch.long)
-        confusion.index_put_((asked, predicted), torch.ones_like(asked), accumulate=True)
         args.out.mkdir(parents=True, exist_ok=True)
         save_base(args.out, backbone, captions, classifier, base.pretrained)
         save_grid([samples[asked == c][:12] for c in range(len(captions.states))], args.grid)
-        metrics = {"recognised": recognised.mean().item(), "recognised_per_class": per_class,
-                   "confusion_asked_by_labelled": confusion.tolist(),
+        metrics = {**recognition(classifier, samples, asked, len(captions.states)),
                    "classifier_accuracy_real_test": real_accuracy, "samples_checked": base.check_images}
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
         args.metrics.write_text(json.dumps(metrics, indent=1))

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from condpdiff.config import ImageBaseConfig
 from condpdiff.vision.classifier import Classifier
 from condpdiff.vision.data import CLASSES, SIZE, caption
-from condpdiff.vision.pixart import Captions, build_transformer, encode_captions, encode_with
+from condpdiff.vision.pixart import Captions, build_transformer, encode_captions, encode_with, train_denoiser
 
 BASE_FILES = {"transformer": "transformer", "captions": "captions.safetensors",
               "classifier": "classifier.safetensors", "info": "base.json"}
@@ -96,6 +96,17 @@ def build_base(base: ImageBaseConfig, captions: Captions, seed: int) -> Backbone
     return Backbone(PixArtTransformer2DModel.from_pretrained(folder / "transformer"),
                     DDPMScheduler.from_pretrained(folder / "scheduler"),
                     AutoencoderKL.from_pretrained(folder / "vae").eval())
+
+
+def train_base(base: ImageBaseConfig, captions: Captions, images: torch.Tensor, labels: torch.Tensor, seed: int,
+               on_step=None) -> Backbone:
+    """The base model of `base`, trained on images (N, 1, 32, 32) in [-1, 1] with their class labels; every
+    training knob (steps, rate and its schedule, EMA, Min-SNR, caption dropout) is read from `base`."""
+    backbone = build_base(base, captions, seed)
+    train_denoiser(backbone.transformer, backbone.scheduler, images, labels, captions, base.steps, base.batch_size,
+                   base.lr, base.caption_dropout, seed, backbone.to_latents, base.ema_decay, on_step=on_step,
+                   min_snr_gamma=base.min_snr_gamma, lr_schedule=base.lr_schedule)
+    return backbone
 
 
 def save_base(folder: Path, backbone: Backbone, captions: Captions, classifier: Classifier,

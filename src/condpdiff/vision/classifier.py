@@ -42,3 +42,15 @@ def predict(model: Classifier, images: torch.Tensor, batch_size: int = 512) -> t
 
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     return (predict(model, images) == labels).float().mean().item()
+
+
+def recognition(model: Classifier, samples: torch.Tensor, asked: torch.Tensor, classes: int) -> dict:
+    """How often samples drawn for the classes `asked` are labelled as those classes: overall, per class,
+    and the confusion matrix (row: the class asked for, column: the class labelled)."""
+    predicted = predict(model, samples)
+    recognised = (predicted == asked).float()
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    confusion.index_put_((asked, predicted), torch.ones_like(asked), accumulate=True)
+    return {"recognised": recognised.mean().item(),
+            "recognised_per_class": [recognised[asked == c].mean().item() for c in range(classes)],
+            "confusion_asked_by_labelled": confusion.tolist()}
