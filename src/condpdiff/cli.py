@@ -6,7 +6,15 @@ import sys
 from pathlib import Path
 
 from condpdiff.bundle import BundleError, Request
+from condpdiff.config import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, SEARCH_RANKS
 from condpdiff.tracking import tracking_uri
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _generate(args) -> None:
@@ -33,7 +41,7 @@ def _promote(args) -> None:
 
 def _tune(args) -> None:
     from condpdiff.config import load_params
-    from condpdiff.tune import HEARTBEAT_SECONDS, run_tune
+    from condpdiff.tune import run_tune
 
     if args.threads:
         import torch
@@ -41,7 +49,7 @@ def _tune(args) -> None:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     text = run_tune(params, Path(args.prepared), args.tasks, args.trials, args.steps or params.collect.steps,
-                    args.storage, args.study, Path(args.out), args.ranks, args.heartbeat or HEARTBEAT_SECONDS)
+                    args.storage, args.study, Path(args.out), args.ranks, args.heartbeat)
     print(text or "no completed trial yet")
 
 
@@ -267,14 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--tasks", nargs="+", default=["sst2", "stsb", "mrpc"])
     tune.add_argument("--trials", type=int, default=10, help="trials for this worker (0: only create the study)")
     tune.add_argument("--steps", type=int, help="fine-tuning steps a trial (default: collect.steps)")
-    tune.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="LoRA ranks to search")
+    tune.add_argument("--ranks", type=int, nargs="+", default=SEARCH_RANKS, help="LoRA ranks to search")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite under mlruns/); share it across workers")
     tune.add_argument("--study", default="lora-search")
     tune.add_argument("--out", default="reports/tune_best.txt")
     tune.add_argument("--threads", type=int, help="torch threads of this worker (workers sharing a machine: "
                                                    "cores / workers)")
-    tune.add_argument("--heartbeat", type=int, help="seconds between a trial's heartbeats (default 60); a trial "
-                                                     "silent for 3 of them is FAILED and retried")
+    tune.add_argument("--heartbeat", type=_positive_int, default=HEARTBEAT_SECONDS,
+                      help=f"seconds between a trial's heartbeats (default {HEARTBEAT_SECONDS}); a trial silent for "
+                           f"{GRACE_HEARTBEATS} of them is FAILED and retried")
     tune.set_defaults(run=_tune)
     ablate = commands.add_parser("ablate", help="one of the paper's ablation grids, on the collected corpus")
     ablate.add_argument("name", help="n | norm | condition | layers")

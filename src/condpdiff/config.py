@@ -21,6 +21,10 @@ TASKS = ("sst2", "cola", "mrpc", "rte", "qnli", "stsb")
 # the vision branch's style transforms (condpdiff.vision.styles.STYLES, in this order; a test checks)
 STYLES = ("sketch", "relief", "poster", "negative", "halftone", "blur", "stripes", "checker", "mosaic", "outline")
 LR_SCHEDULES = ("constant", "cosine")  # vision.base.lr_schedule (condpdiff.vision.pixart.train_denoiser)
+# the LoRA search (condpdiff.tune), here so the CLI states its defaults without importing optuna
+SEARCH_RANKS = [1, 2, 4, 8, 16]
+HEARTBEAT_SECONDS = 60  # a trial is stale after GRACE_HEARTBEATS beats missed
+GRACE_HEARTBEATS = 3
 
 
 class ConfigError(ValueError):

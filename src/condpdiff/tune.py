@@ -18,7 +18,7 @@ import optuna
 
 from condpdiff.ablation import Variant, parse_layers, run_row
 from condpdiff.artifacts import LAYOUTS, split_file, task_corpus_file
-from condpdiff.config import TASKS, Params
+from condpdiff.config import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, SEARCH_RANKS, TASKS, Params
 from condpdiff.corpus import load_task_corpus
 from condpdiff.finetune import finetune_and_collect
 from condpdiff.evaluation import task_scorer
@@ -27,11 +27,9 @@ from condpdiff.lora import flatten_model, load_tokenizer
 from condpdiff.report import AblationRow, write_ablation_tables
 from condpdiff.tracking import PROCESS_TAG, fail_abandoned_runs, process_identity, repo_root, setup_experiment
 
-RANKS = [1, 2, 4, 8, 16]
+RANKS = SEARCH_RANKS
 ALPHAS = [1, 2, 4, 8, 16, 32]
 ABLATION_TASKS = ["sst2", "stsb", "mrpc"]
-HEARTBEAT_SECONDS = 60  # a trial is stale after GRACE_HEARTBEATS beats missed
-GRACE_HEARTBEATS = 3
 
 
 class TuneError(ValueError):
