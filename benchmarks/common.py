@@ -6,7 +6,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 import torch
@@ -89,13 +89,13 @@ def conditions(outputs: Path) -> torch.Tensor:
         return handle.get_tensor("conditions")
 
 
-def parse_recipe(text: str, kinds: tuple[type, ...], required: int, form: str) -> tuple:
-    """A `--recipes` entry "a:b[:c]" -> its fields cast to `kinds`; fields after the first `required` may be
-    left out and are then 0 (a switch that is off)."""
+def parse_recipe(text: str, kinds: tuple[Callable[[str], Any], ...], defaults: tuple, form: str) -> tuple:
+    """A `--recipes` entry "a:b[:c]" -> its fields cast by `kinds`; the last `len(defaults)` fields may be
+    left out and then take `defaults`. A malformed entry stops the study before any work."""
     parts = text.split(":")
     try:
-        if not required <= len(parts) <= len(kinds):
+        if not len(kinds) - len(defaults) <= len(parts) <= len(kinds):
             raise ValueError(text)
-        return tuple(kind(part) for kind, part in zip(kinds, parts + ["0"] * (len(kinds) - len(parts))))
+        return tuple(kind(part) for kind, part in zip(kinds, parts)) + defaults[len(defaults) - len(kinds) + len(parts):]
     except ValueError:
         raise SystemExit(f"--recipes: {text!r} is not {form}") from None

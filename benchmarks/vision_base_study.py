@@ -22,7 +22,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from common import parse_recipe
-from condpdiff.config import LR_SCHEDULES, load_params
+from condpdiff.config import ConfigError, ImageBaseConfig, LrSchedule, check_vision_params, load_params
 from condpdiff.vision.backbone import base_captions, load_base, sample_images, train_base
 from condpdiff.vision.classifier import accuracy, recognition, train_classifier
 from condpdiff.vision.data import CLASSES, load_split
@@ -53,14 +53,17 @@ def main() -> None:
     data, base = params.vision.data, params.vision.base
     torch.set_num_threads(args.threads)
     if args.trained is not None:
-        return score_sampling(args, base)
-
-    def schedule(text: str) -> str:  # left out: the params' schedule
-        if text != "0" and text not in LR_SCHEDULES:
-            raise ValueError(text)
-        return base.lr_schedule if text == "0" else text
-
-    recipes = [parse_recipe(text, (int, float, float, schedule), 3, FORM) for text in args.recipes]
+        score_sampling(args, base)
+        return
+    recipes = []
+    for text in args.recipes:  # checked as the stage checks its params, before the classifier trains
+        steps, gamma, decay, schedule = parse_recipe(text, (int, float, float, LrSchedule), (base.lr_schedule,), FORM)
+        recipes.append(dataclasses.replace(base, steps=steps, min_snr_gamma=gamma, ema_decay=decay, lr_schedule=schedule))
+        try:
+            check_vision_params(dataclasses.replace(params, vision=dataclasses.replace(params.vision, base=recipes[-1])),
+                                args.params)
+        except ConfigError as error:
+            parser.error(str(error))
     train, train_labels = load_split(Path(data.folder), "train")
     test, test_labels = load_split(Path(data.folder), "test")
     images, labels = to_model_range(train), torch.from_numpy(train_labels)
@@ -69,19 +72,19 @@ def main() -> None:
     print(json.dumps({"classifier_steps": base.classifier_steps, "real_test_accuracy": round(real, 4)}), flush=True)
     captions = base_captions(base)
     asked = torch.arange(args.samples) % len(CLASSES)
-    for steps, gamma, decay, lr_schedule in recipes:
-        recipe = dataclasses.replace(base, steps=steps, min_snr_gamma=gamma, ema_decay=decay, lr_schedule=lr_schedule)
+    for recipe in recipes:
         start = time.perf_counter()
         backbone = train_base(recipe, captions, images[:data.base_images], labels[:data.base_images], params.seed)
         seconds = time.perf_counter() - start
         for guidance in args.guidance:
             samples = sample_images(backbone, captions, asked, base.sample_steps, guidance, SAMPLE_SEED)
-            print(json.dumps({"steps": steps, "min_snr_gamma": gamma, "ema_decay": decay, "lr_schedule": lr_schedule,
+            print(json.dumps({"steps": recipe.steps, "min_snr_gamma": recipe.min_snr_gamma,
+                              "ema_decay": recipe.ema_decay, "lr_schedule": recipe.lr_schedule.value,
                               "guidance": guidance, "samples": args.samples, "train_seconds": round(seconds),
                               **rounded(recognition(classifier, samples, asked, len(CLASSES)))}), flush=True)
 
 
-def score_sampling(args, base) -> None:
+def score_sampling(args: argparse.Namespace, base: ImageBaseConfig) -> None:
     """The trained base under every DDIM step count x timestep spacing x guidance scale asked for."""
     backbone, captions, classifier = load_base(args.trained)
     asked = torch.arange(args.samples) % len(CLASSES)

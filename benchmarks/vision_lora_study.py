@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/vision/lora_study"))
     args = parser.parse_args()
     # a malformed recipe stops here, before any work
-    recipes = [parse_recipe(text, (int, float, int, float), 3, FORM) for text in args.recipes]
+    recipes = [parse_recipe(text, (int, float, int, float), (0.0,), FORM) for text in args.recipes]
     torch.set_num_threads(2)
     params = load_params(args.params)
     v = params.vision

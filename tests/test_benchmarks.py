@@ -11,7 +11,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import run as bench_run  # noqa: E402
 import sampler_quality  # noqa: E402
 import scaling  # noqa: E402
-from common import machine, median_seconds  # noqa: E402
+from common import machine, median_seconds, parse_recipe  # noqa: E402
 
 
 def test_median_seconds_needs_three_runs_and_reports_each():
@@ -20,6 +20,15 @@ def test_median_seconds_needs_three_runs_and_reports_each():
     assert len(calls) == 4 and len(timing["runs"]) == 3 and timing["median"] in timing["runs"]
     with pytest.raises(ValueError, match="at least 3"):
         median_seconds(lambda: None, repeats=2)
+
+
+def test_a_recipe_takes_its_defaults_for_the_fields_left_out_and_a_malformed_one_stops():
+    kinds = (int, float, str)
+    assert parse_recipe("500:0.5", kinds, ("off",), "steps:lr[:mode]") == (500, 0.5, "off")
+    assert parse_recipe("500:0.5:on", kinds, ("off",), "steps:lr[:mode]") == (500, 0.5, "on")
+    for bad in ("500", "500:0.5:on:4", "500:fast"):
+        with pytest.raises(SystemExit, match="steps:lr"):
+            parse_recipe(bad, kinds, ("off",), "steps:lr[:mode]")
 
 
 def test_the_machine_record_names_its_load():

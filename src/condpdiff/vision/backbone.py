@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ def build_base(base: ImageBaseConfig, captions: Captions, seed: int) -> Backbone
 
 
 def train_base(base: ImageBaseConfig, captions: Captions, images: torch.Tensor, labels: torch.Tensor, seed: int,
-               on_step=None) -> Backbone:
+               on_step: Callable[[int, dict], None] | None = None) -> Backbone:
     """The base model of `base`, trained on images (N, 1, 32, 32) in [-1, 1] with their class labels; every
     training knob (steps, rate and its schedule, EMA, Min-SNR, caption dropout) is read from `base`."""
     backbone = build_base(base, captions, seed)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, PixArtTransformer2DModel
 
-from condpdiff.config import LR_SCHEDULES
+from condpdiff.config import LrSchedule
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def train_denoiser(model, scheduler: DDPMScheduler, images: torch.Tensor, labels
                    seed: int, to_latents: Callable[[torch.Tensor], torch.Tensor] = lambda images: images,
                    ema_decay: float = 0.0, on_step: Callable[[int, dict], None] | None = None,
                    on_checkpoint: Callable[[int], None] | None = None, min_snr_gamma: float = 0.0,
-                   lr_schedule: str = "constant") -> None:
+                   lr_schedule: LrSchedule | str = LrSchedule.constant) -> None:
     """AdamW on the model's trainable parameters (all, or only the LoRA once injected) for `steps` batches
     drawn with replacement; the caption is replaced by the empty one with probability `caption_dropout`
     (what guidance needs). `to_latents` maps images to what the model denoises (pixels, or a VAE's
@@ -103,11 +103,10 @@ def train_denoiser(model, scheduler: DDPMScheduler, images: torch.Tensor, labels
     "cosine" lowers the rate from `lr` to 0 along a half cosine over the steps; "constant" keeps it."""
     generator = torch.Generator().manual_seed(seed)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    cosine = LrSchedule(lr_schedule) is LrSchedule.cosine  # an unknown name raises ValueError here
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if lr_schedule == "cosine" else 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # max: a pretrained base may be fine-tuned for 0 steps
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))) if cosine else None
     average = [parameter.detach().clone() for parameter in trainable] if ema_decay > 0 else None
     model.train()
     for step in range(1, steps + 1):
@@ -118,7 +117,8 @@ def train_denoiser(model, scheduler: DDPMScheduler, images: torch.Tensor, labels
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
         if average is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(average, [parameter.detach() for parameter in trainable], 1 - ema_decay)
