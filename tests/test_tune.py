@@ -65,6 +65,8 @@ def test_study_direction_mismatch_and_bad_storage(tmp_path):
     params = load_params(Path(__file__).parents[1] / "profiles" / "tiny.yaml")
     with pytest.raises(TuneError, match="ranks"):
         run_tune(params, tmp_path, ["sst2"], 1, 4, storage, "s", tmp_path / "best.txt", ranks=[3])
+    with pytest.raises(TuneError, match="heartbeat"):
+        run_tune(params, tmp_path, ["sst2"], 1, 4, storage, "s", tmp_path / "best.txt", heartbeat=0)
 
 
 def _rows(path: Path) -> dict[str, str]:

@@ -10,13 +10,6 @@ from condpdiff.config import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, SEARCH_RANKS
 from condpdiff.tracking import tracking_uri
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _generate(args) -> None:
     import mlflow
 
@@ -281,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--out", default="reports/tune_best.txt")
     tune.add_argument("--threads", type=int, help="torch threads of this worker (workers sharing a machine: "
                                                    "cores / workers)")
-    tune.add_argument("--heartbeat", type=_positive_int, default=HEARTBEAT_SECONDS,
+    tune.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS,
                       help=f"seconds between a trial's heartbeats (default {HEARTBEAT_SECONDS}); a trial silent for "
                            f"{GRACE_HEARTBEATS} of them is FAILED and retried")
     tune.set_defaults(run=_tune)

@@ -10,6 +10,7 @@ period, and its parameters are tried once more.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from condpdiff.lora import flatten_model, load_tokenizer
 from condpdiff.report import AblationRow, write_ablation_tables
 from condpdiff.tracking import PROCESS_TAG, fail_abandoned_runs, process_identity, repo_root, setup_experiment
 
-RANKS = SEARCH_RANKS
 ALPHAS = [1, 2, 4, 8, 16, 32]
 ABLATION_TASKS = ["sst2", "stsb", "mrpc"]
 
@@ -80,7 +80,7 @@ def _trial_run(study: optuna.Study, trial: optuna.Trial, parent: str):
 
 
 def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int, study: optuna.Study, parent: str,
-                   ranks: list[int] = RANKS):
+                   ranks: Sequence[int] = SEARCH_RANKS):
     """Mean `select` headline of the fine-tuned adapters (never `eval`), pruned on intermediate scores."""
     tokenizer = load_tokenizer(params.base)
     data = {t: {s: read_jsonl(split_file(prepared / t, s)) for s in ("train", "select")} for t in tasks}
@@ -127,14 +127,17 @@ def lora_objective(params: Params, prepared: Path, tasks: list[str], steps: int,
 
 
 def run_tune(params: Params, prepared: Path, tasks: list[str], trials: int, steps: int, storage: str | None,
-             study_name: str, out: Path, ranks: list[int] = RANKS, heartbeat: int = HEARTBEAT_SECONDS) -> str | None:
+             study_name: str, out: Path, ranks: Sequence[int] = SEARCH_RANKS,
+             heartbeat: int = HEARTBEAT_SECONDS) -> str | None:
     """`ranks` narrows the rank choices (every worker of a study must pass the same ones): the generator's
     cost grows with the LoRA vector, so r=16 makes the applied `dvc exp run` far slower on CPU."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise TuneError(f"unknown task(s) {unknown}")
-    if not ranks or any(r not in RANKS for r in ranks):
-        raise TuneError(f"ranks must be a non-empty subset of {RANKS}, got {ranks}")
+    if not ranks or any(r not in SEARCH_RANKS for r in ranks):
+        raise TuneError(f"ranks must be a non-empty subset of {list(SEARCH_RANKS)}, got {ranks}")
+    if heartbeat < 1:
+        raise TuneError(f"heartbeat must be at least 1 second, got {heartbeat}")
     missing = [t for t in tasks if not split_file(prepared / t, "select").is_file()]
     if missing:
         raise TuneError(f"no prepared splits for {missing} in {prepared}: run `dvc repro prepare`")
