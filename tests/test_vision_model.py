@@ -5,9 +5,10 @@ import dataclasses
 
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from condpdiff import config
-from condpdiff.config import ConfigError, load_params
+from condpdiff.config import ConfigError, Sampler, load_params
 from condpdiff.lora import flatten_model, load_vector, model_layout
 from condpdiff.vision import styles
 from condpdiff.vision.backbone import Backbone, base_captions, build_base, load_base, sample_images, save_base
@@ -110,20 +111,32 @@ def test_a_lora_vector_round_trips_and_zeros_are_the_base_model():
     load_vector(model, vector, layout)
     assert torch.equal(flatten_model(model, layout), vector)
     labels = torch.arange(2)
-    with_lora = sample_images(backbone, tiny_captions(), labels, steps=2, guidance=1.0, seed=0)
+    with_lora = sample_images(backbone, tiny_captions(), labels, "ddpm", steps=2, guidance=1.0, seed=0)
     load_vector(model, torch.zeros(layout.length), layout)
-    plain = sample_images(backbone, tiny_captions(), labels, steps=2, guidance=1.0, seed=0)
+    plain = sample_images(backbone, tiny_captions(), labels, "ddpm", steps=2, guidance=1.0, seed=0)
     base = build_transformer(32, 2, 1, 4, 384, 32, 0)
-    reference = sample_images(Backbone(base, backbone.scheduler, None), tiny_captions(), labels, 2, 1.0, 0)
+    reference = sample_images(Backbone(base, backbone.scheduler, None), tiny_captions(), labels, "ddpm", 2, 1.0, 0)
     assert with_lora.shape == (2, 1, 32, 32) and not torch.allclose(with_lora, plain)
     assert torch.allclose(plain, reference, atol=1e-5)  # a zero LoRA leaves the model as it was
 
 
-def test_seeded_sampling_repeats():
+@pytest.mark.parametrize("sampler", list(Sampler))
+def test_seeded_sampling_repeats_and_the_seed_matters(sampler):
     backbone = Backbone(build_transformer(32, 2, 1, 4, 384, 32, 0),
                         build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler, None)
-    first = sample_images(backbone, tiny_captions(), torch.arange(3), 2, 2.0, seed=5)
-    assert torch.equal(first, sample_images(backbone, tiny_captions(), torch.arange(3), 2, 2.0, seed=5))
+    first = sample_images(backbone, tiny_captions(), torch.arange(3), sampler, 2, 2.0, seed=5)
+    assert torch.equal(first, sample_images(backbone, tiny_captions(), torch.arange(3), sampler, 2, 2.0, seed=5))
+    assert not torch.allclose(first, sample_images(backbone, tiny_captions(), torch.arange(3), sampler, 2, 2.0, seed=6))
+
+
+def test_the_two_samplers_step_the_same_schedule_differently():
+    backbone = Backbone(build_transformer(32, 2, 1, 4, 384, 32, 0),
+                        build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler, None)
+    ancestral, deterministic = backbone.pipeline(Sampler.ddpm).scheduler, backbone.pipeline(Sampler.ddim).scheduler
+    assert isinstance(ancestral, DDPMScheduler) and isinstance(deterministic, DDIMScheduler)
+    assert torch.equal(ancestral.alphas_cumprod, deterministic.alphas_cumprod)  # the schedule the base trained on
+    drawn = [sample_images(backbone, tiny_captions(), torch.arange(3), sampler, 2, 2.0, seed=5) for sampler in Sampler]
+    assert not torch.allclose(*drawn)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -206,7 +219,7 @@ def test_pixart_alpha_weights_run_through_the_same_code(tmp_path):
     inject_style_lora(loaded.transformer, 2, 2, r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)")
     layout = model_layout(loaded.transformer)
     assert layout.length == 8 * (2 * 16 + 16 * 2)  # 8 projections of width 16, LoRA A (2, 16) and B (16, 2)
-    drawn = sample_images(loaded, loaded_captions, labels[:2], steps=2, guidance=2.0, seed=0)
+    drawn = sample_images(loaded, loaded_captions, labels[:2], "ddpm", steps=2, guidance=2.0, seed=0)
     assert drawn.shape == (2, 1, 32, 32) and torch.isfinite(drawn).all()
 
 

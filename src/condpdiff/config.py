@@ -234,7 +234,8 @@ class ImageBaseConfig:
     ema_decay: float  # the base model's weights are the moving average of its training (0: off)
     min_snr_gamma: float  # Min-SNR loss weighting min(SNR, gamma) / SNR (0: the plain epsilon loss)
     beta_schedule: str  # the DDPM noise schedule (diffusers name): linear | squaredcos_cap_v2
-    sample_steps: int  # DDIM steps when sampling images
+    sampler: Sampler  # ddpm (ancestral, the default) | ddim (deterministic, eta 0)
+    sample_steps: int  # the sampler's denoising steps
     guidance: float  # classifier-free guidance scale when sampling images
     classifier_steps: int  # the recognisability classifier, trained on real Fashion-MNIST
     check_images: int  # base-model samples the classifier labels

@@ -34,7 +34,7 @@ def main() -> None:
         backbone = train_base(base, captions, images[:data.base_images], labels[:data.base_images], params.seed,
                               on_step=metric_logger("base_"))
         asked = torch.arange(base.check_images) % len(captions.states)  # every class equally often
-        samples = sample_images(backbone, captions, asked, base.sample_steps, base.guidance, params.seed)
+        samples = sample_images(backbone, captions, asked, base.sampler, base.sample_steps, base.guidance, params.seed)
         args.out.mkdir(parents=True, exist_ok=True)
         save_base(args.out, backbone, captions, classifier, base.pretrained)
         save_grid([samples[asked == c][:12] for c in range(len(captions.states))], args.grid)

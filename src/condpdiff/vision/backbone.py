@@ -21,7 +21,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, PixArtAlphaP
                        PixArtTransformer2DModel)
 from safetensors.torch import load_file, save_file
 
-from condpdiff.config import ImageBaseConfig
+from condpdiff.config import ImageBaseConfig, Sampler
 from condpdiff.vision.classifier import Classifier
 from condpdiff.vision.data import CLASSES, SIZE, caption
 from condpdiff.vision.pixart import Captions, build_transformer, encode_captions, encode_with, train_denoiser
@@ -61,11 +61,13 @@ class Backbone:
         rgb = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return F.interpolate(rgb.mean(1, keepdim=True), size=SIZE, mode="area").clamp(-1, 1)
 
-    def pipeline(self) -> PixArtAlphaPipeline:
-        """PixArt-alpha's pipeline with DDIM steps over the training schedule; captions come encoded, so it
-        holds no text encoder, and it returns latents (`to_images` decodes them)."""
+    def pipeline(self, sampler: Sampler) -> PixArtAlphaPipeline:
+        """PixArt-alpha's pipeline stepping the training schedule with `sampler`: ancestral DDPM steps (fresh
+        noise at each step) or deterministic DDIM; captions come encoded, so it holds no text encoder, and it
+        returns latents (`to_images` decodes them)."""
+        scheduler_class = DDIMScheduler if Sampler(sampler) is Sampler.ddim else DDPMScheduler
         pipeline = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=self.vae, transformer=self.transformer,
-                                       scheduler=DDIMScheduler.from_config(self.scheduler.config))
+                                       scheduler=scheduler_class.from_config(self.scheduler.config))
         pipeline.vae_scale_factor = self.vae_scale  # without a VAE the pipeline assumes 8
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
@@ -140,10 +142,11 @@ def load_base(folder: Path) -> tuple[Backbone, Captions, Classifier]:
 
 
 @torch.inference_mode()
-def sample_images(backbone: Backbone, captions: Captions, labels: torch.Tensor, steps: int, guidance: float,
-                  seed: int, batch_size: int = 256) -> torch.Tensor:
-    """Images (N, 1, 32, 32) in [-1, 1] of the caption of each label, in batches, each batch seeded."""
-    pipeline, images = backbone.pipeline(), []
+def sample_images(backbone: Backbone, captions: Captions, labels: torch.Tensor, sampler: Sampler, steps: int,
+                  guidance: float, seed: int, batch_size: int = 256) -> torch.Tensor:
+    """Images (N, 1, 32, 32) in [-1, 1] of the caption of each label, in batches, each batch seeded (the
+    starting noise and, for ddpm, every step's noise)."""
+    pipeline, images = backbone.pipeline(sampler), []
     for start in range(0, len(labels), batch_size):
         batch = labels[start:start + batch_size]
         states, mask = captions.take(batch)

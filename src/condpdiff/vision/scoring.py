@@ -38,7 +38,8 @@ class StyleScorer:
         """`count` images (every class in turn) drawn with the LoRA `vector` (zeros: the base model)."""
         load_vector(self.backbone.transformer, vector, self.layout)
         labels = torch.arange(count) % len(self.captions.states)
-        return sample_images(self.backbone, self.captions, labels, self.base.sample_steps, self.base.guidance, seed)
+        return sample_images(self.backbone, self.captions, labels, self.base.sampler, self.base.sample_steps,
+                             self.base.guidance, seed)
 
     def features(self, images: torch.Tensor) -> np.ndarray:
         return self.inception(images).numpy()
