@@ -106,7 +106,8 @@ def score_sampling(args: argparse.Namespace, base: ImageBaseConfig) -> None:
 
 def rounded(found: dict) -> dict:
     return {**found, "recognised": round(found["recognised"], 3),
-            "recognised_per_class": [round(share, 2) for share in found["recognised_per_class"]]}
+            "recognised_per_class": [None if share is None else round(share, 2)
+                                     for share in found["recognised_per_class"]]}
 
 
 if __name__ == "__main__":

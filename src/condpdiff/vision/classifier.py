@@ -45,12 +45,14 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> f
 
 
 def recognition(model: Classifier, samples: torch.Tensor, asked: torch.Tensor, classes: int) -> dict:
-    """How often samples drawn for the classes `asked` are labelled as those classes: overall, per class,
-    and the confusion matrix (row: the class asked for, column: the class labelled)."""
+    """How often samples drawn for the classes `asked` are labelled as those classes: overall, per class
+    (None for a class never asked: JSON has no NaN), and the confusion matrix (row: the class asked for,
+    column: the class labelled)."""
     predicted = predict(model, samples)
     recognised = (predicted == asked).float()
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     confusion.index_put_((asked, predicted), torch.ones_like(asked), accumulate=True)
     return {"recognised": recognised.mean().item(),
-            "recognised_per_class": [recognised[asked == c].mean().item() for c in range(classes)],
+            "recognised_per_class": [recognised[asked == c].mean().item() if (asked == c).any() else None
+                                     for c in range(classes)],
             "confusion_asked_by_labelled": confusion.tolist()}
