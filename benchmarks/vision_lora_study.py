@@ -20,10 +20,9 @@ from common import parse_recipe
 from condpdiff.config import load_params
 from condpdiff.conditions import hash_seed
 from condpdiff.lora import flatten_model
-from condpdiff.vision.backbone import load_base
+from condpdiff.vision.backbone import load_base, train_style_lora
 from condpdiff.vision.features import InceptionFeatures
 from condpdiff.vision.imagesets import load_style_set, style_set_file
-from condpdiff.vision.pixart import train_denoiser
 from condpdiff.vision.scoring import StyleScorer
 
 RECIPES = ["500:1e-3:4", "500:3e-3:4", "1500:1e-3:4", "1500:3e-3:4", "1000:3e-3:8"]
@@ -57,9 +56,8 @@ def main() -> None:
             lora = dataclasses.replace(v.lora, r=rank, alpha=rank)
             scorer = StyleScorer(backbone, captions, v.base, lora, v.score, inception)
             start = time.perf_counter()
-            train_denoiser(backbone.transformer, backbone.scheduler, images["train"], images["train_labels"],
-                           captions, steps, v.collect.batch_size, lr, v.base.caption_dropout, seed,
-                           backbone.to_latents, min_snr_gamma=gamma)
+            recipe = dataclasses.replace(v.collect, steps=steps, lr=lr, min_snr_gamma=gamma)
+            train_style_lora(backbone, captions, images, recipe, v.base.caption_dropout, seed)
             seconds = time.perf_counter() - start
             score, _ = scorer.score(flatten_model(backbone.transformer, scorer.layout), select, args.images, seed)
             label = f"{steps} steps, lr {lr:g}, r {rank}" + (f", min-SNR {gamma:g}" if gamma else "")

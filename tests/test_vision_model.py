@@ -2,6 +2,7 @@
 corpus vector round-trips through the text branch's layout, the config refuses bad input, and a
 PixArt-alpha folder (a tiny random one, built here: no download) runs through the same stages' code."""
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from condpdiff import config
 from condpdiff.config import ConfigError, Sampler, load_params
 from condpdiff.lora import flatten_model, load_vector, model_layout
 from condpdiff.vision import styles
-from condpdiff.vision.backbone import Backbone, base_captions, build_base, load_base, sample_images, save_base
-from condpdiff.vision.classifier import Classifier
+from condpdiff.vision.backbone import (Backbone, base_captions, build_base, load_base, sample_images, save_base,
+                                       train_style_lora)
+from condpdiff.vision.classifier import Classifier, recognition
 from condpdiff.vision.imagesets import load_style_set, save_style_set
 from condpdiff.vision.pixart import Captions, build_transformer, denoising_loss, inject_style_lora, train_denoiser
 from conftest import REPO
@@ -42,11 +44,13 @@ def test_lora_on_pixart_attention_trains_only_the_lora_weights():
     lora_names = {name for name in before if "lora_" in name}
     assert len(lora_names) == 2 * 2 * 4 * 2  # layers x attentions x projections x (A, B)
     x, labels = images()
-    scheduler = build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler
-    train_denoiser(model, scheduler, x, labels, tiny_captions(), steps=3, batch_size=4, lr=1e-2,
-                   caption_dropout=0.5, seed=0)
+    backbone = Backbone(model, build_base(load_params(TINY).vision.base, tiny_captions(), 0).scheduler, None)
+    collect = dataclasses.replace(load_params(TINY).vision.collect, steps=3, batch_size=4, lr=1e-2)
+    checkpoints = []
+    train_style_lora(backbone, tiny_captions(), {"train": x, "train_labels": labels}, collect, caption_dropout=0.5,
+                     seed=0, on_checkpoint=checkpoints.append)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    assert changed == lora_names
+    assert changed == lora_names and checkpoints == [1, 2, 3]
 
 
 def test_min_snr_weighting_lowers_only_the_nearly_clean_timesteps_errors():
@@ -228,3 +232,21 @@ def test_a_pretrained_folder_without_its_parts_is_named(tmp_path):
     base = dataclasses.replace(load_params(TINY).vision.base, pretrained=str(tmp_path / "pixart"))
     with pytest.raises(FileNotFoundError, match="no vae/ folder"):
         build_base(base, tiny_captions(32), 0)
+
+
+class _FirstPixelLabeller(torch.nn.Module):
+    """A stand-in judge whose label is the image's first pixel (rounded): the test chooses every label."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, 4) logits
+        return torch.nn.functional.one_hot(images[:, 0, 0, 0].round().long(), 4).float()
+
+
+def test_recognition_counts_per_class_and_a_class_never_asked_is_null_not_nan():
+    asked = torch.tensor([0, 1, 2, 2])
+    samples = torch.zeros(4, 1, 8, 8)
+    samples[:, 0, 0, 0] = torch.tensor([0.0, 1.0, 1.0, 2.0])  # labelled 0, 1, 1, 2
+    found = recognition(_FirstPixelLabeller(), samples, asked, classes=4)
+    assert found["recognised"] == 0.75
+    assert found["recognised_per_class"] == [1.0, 1.0, 0.5, None]
+    assert found["confusion_asked_by_labelled"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    json.dumps(found, allow_nan=False)  # the base stage writes it to metrics/vision_base.json

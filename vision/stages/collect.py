@@ -15,9 +15,8 @@ from condpdiff.conditions import hash_seed
 from condpdiff.corpus import save_task_corpus, spaced_indices
 from condpdiff.lora import flatten_model, save_layouts
 from condpdiff.tracking import metric_logger, stage_run
-from condpdiff.vision.backbone import load_base
+from condpdiff.vision.backbone import load_base, train_style_lora
 from condpdiff.vision.imagesets import load_style_set, style_set_file
-from condpdiff.vision.pixart import train_denoiser
 from condpdiff.vision.scoring import StyleScorer
 
 
@@ -45,10 +44,8 @@ def main() -> None:
             if step in kept_steps:
                 kept.append(flatten_model(backbone.transformer, scorer.layout))
 
-        train_denoiser(backbone.transformer, backbone.scheduler, images["train"], images["train_labels"], captions,
-                       recipe.steps, recipe.batch_size, recipe.lr, v.base.caption_dropout, seed,
-                       backbone.to_latents, on_step=metric_logger(), on_checkpoint=keep,
-                       min_snr_gamma=recipe.min_snr_gamma)
+        train_style_lora(backbone, captions, images, recipe, v.base.caption_dropout, seed, on_step=metric_logger(),
+                         on_checkpoint=keep)
         scored = spaced_indices(recipe.originals_scored, len(kept))
         best, kids = scorer.best_of([kept[i] for i in scored], select, seed)
         args.out.mkdir(parents=True, exist_ok=True)

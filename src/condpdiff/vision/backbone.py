@@ -21,7 +21,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, PixArtAlphaP
                        PixArtTransformer2DModel)
 from safetensors.torch import load_file, save_file
 
-from condpdiff.config import ImageBaseConfig, Sampler
+from condpdiff.config import ImageBaseConfig, Sampler, StyleCollectConfig
 from condpdiff.vision.classifier import Classifier
 from condpdiff.vision.data import CLASSES, SIZE, caption
 from condpdiff.vision.pixart import Captions, build_transformer, encode_captions, encode_with, train_denoiser
@@ -110,6 +110,18 @@ def train_base(base: ImageBaseConfig, captions: Captions, images: torch.Tensor, 
                    base.lr, base.caption_dropout, seed, backbone.to_latents, base.ema_decay, on_step=on_step,
                    min_snr_gamma=base.min_snr_gamma, lr_schedule=base.lr_schedule)
     return backbone
+
+
+def train_style_lora(backbone: Backbone, captions: Captions, style: dict[str, torch.Tensor],
+                     collect: StyleCollectConfig, caption_dropout: float, seed: int,
+                     on_step: Callable[[int, dict], None] | None = None,
+                     on_checkpoint: Callable[[int], None] | None = None) -> None:
+    """Fine-tune the transformer's trainable weights (only the LoRA, once `inject_style_lora` has run) on a
+    style's `train` images and their class captions with the collect recipe's steps, batch, rate and loss;
+    `on_checkpoint(step)` after each step (the corpus keeps some)."""
+    train_denoiser(backbone.transformer, backbone.scheduler, style["train"], style["train_labels"], captions,
+                   collect.steps, collect.batch_size, collect.lr, caption_dropout, seed, backbone.to_latents,
+                   on_step=on_step, on_checkpoint=on_checkpoint, min_snr_gamma=collect.min_snr_gamma)
 
 
 def save_base(folder: Path, backbone: Backbone, captions: Captions, classifier: Classifier,
