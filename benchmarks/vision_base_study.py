@@ -9,9 +9,9 @@
 steps, Min-SNR gamma, EMA decay and the learning-rate schedule vary; a schedule left out is the params')
 and reports the share of its samples that the classifier labels as their caption's class. `--trained`
 scores a base model the pipeline already trained (with its own classifier) under each sampler (ancestral
-ddpm or deterministic ddim), step count, timestep spacing and guidance scale: how to sample, without training again. Samples are drawn with seed
-1000, not the base stage's seed 0, so a choice made here is checked on other samples by the stage. Prints
-one JSON line per recipe (or sampling) and guidance scale.
+ddpm or deterministic ddim), step count, timestep spacing and guidance scale: how to sample, without training
+again. Samples are drawn with seed 1000, not the base stage's seed 0, so a choice made here is checked on other
+samples by the stage. Prints one JSON line per recipe (or sampling) and guidance scale.
 """
 import argparse
 import dataclasses
