@@ -7,8 +7,9 @@ import pytest
 import torch
 import yaml
 
+from condpdiff.ablation import Variant, _apply
 from condpdiff.conditions import bank_texts, condition_text, draw_seed, read_descriptions
-from condpdiff.config import load_params
+from condpdiff.config import check_params, load_params
 from condpdiff.glue import Example
 from condpdiff.mean_predictor import fit_mean_predictor
 
@@ -37,6 +38,20 @@ def test_draws_write_other_label_words_and_the_last_ones_are_bare(tmp_path):
     assert not {"negative", "positive"} & set(texts[1].replace(".", " ").split())
     assert texts[2] == "first wording" and texts[5] == "second wording"
     assert texts[3].startswith("second wording Example: ")
+
+
+def test_generation_and_the_paper_protocol_keep_the_examples():
+    """Generation (and leave-one-task-out's unseen task) reads wording 0, draw 0; the paper-protocol grids
+    read one wording and one draw. Both keep the task's examples whatever `bare_draws` the params hold."""
+    params = load_params(REPO / "params.yaml")
+    assert params.conditions.bare_draws > 0 and params.conditions.examples > 0
+    tasks = ["sst2", "rte"]
+    train = {task: TRAIN for task in tasks}
+    per_task = params.conditions.wordings * params.conditions.draws
+    assert all(" Example: " in text for text in bank_texts(params.conditions, tasks, train, seed=0)[::per_task])
+    protocol = _apply(params, Variant())
+    check_params(protocol)
+    assert all(" Example: " in text for text in bank_texts(protocol.conditions, tasks, train, seed=0))
 
 
 def test_label_sets_must_match_the_labels(tmp_path):

@@ -53,7 +53,7 @@ def _apply(params: Params, variant: Variant) -> Params:
     """The paper's grids run under the paper's protocol, whatever the default: task norm and one
     description per task (condition-only generation is measured by `python -m condpdiff study`);
     the variant then changes one thing."""
-    conditions = replace(params.conditions, wordings=1, draws=1)
+    conditions = replace(params.conditions, wordings=1, draws=1, bare_draws=0)
     return replace(params, norm=Norm(variant.norm) if variant.norm else Norm.task,
                    conditions=replace(conditions, type=ConditionType(variant.condition))
                    if variant.condition else conditions)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -347,8 +346,7 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
     stacked, task_index = stack_corpus(corpus_dir, seen, padded_length)
     train = {t: read_jsonl(split_file(prepared / t, "train")) for t in tasks}
     built = build_conditions(params.conditions, params.base, seen, train, params.seed)
-    target = build_conditions(replace(params.conditions, wordings=1, draws=1), params.base, [held_out], train,
-                              params.seed).vectors[0]
+    target = build_conditions(params.conditions, params.base, [held_out], train, params.seed).vectors[0]
     generator = train_generator(params, stacked, task_index, built.bank, learned_condition=False)
     layout, length = layouts[held_out], layouts[held_out].length
     same_head = [t for t in seen if num_labels[t] == num_labels[held_out]]
