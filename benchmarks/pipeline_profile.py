@@ -1,9 +1,10 @@
 """Pipeline profile: wall time per stage of the newest finished `dvc repro` runs (from MLflow), and where the
 time goes inside the two heaviest stages: a short fine-tune (collect) and one `select` scoring (evaluate),
-split into tokenization, the model's forward pass, the optimizer step and the rest (backward, batching).
+split into tokenization, the model's forward pass, the backward pass, the optimizer step, the metric
+computation and the rest (batching, copying the vector into the model, the loop itself).
 
-The split wraps the stage code from outside (the tokenizer call the stage makes, forward hooks, a global
-optimizer hook): the loops timed are the stages' own.
+The split wraps the stage code from outside (the tokenizer calls the stages make, forward hooks,
+`Tensor.backward`, a global optimizer hook, evaluate's metric function): the loops timed are the stages' own.
 """
 from __future__ import annotations
 
@@ -26,26 +27,30 @@ from condpdiff.glue import TASK_SPECS, read_jsonl
 from condpdiff.lora import build_peft_model, load_tokenizer, model_layout, read_layouts
 from condpdiff.tracking import newest_finished_run, setup_experiment
 
-# the tokenizer calls the stages make: each batch's encoding, and collect's one pass over the train set
-TOKENIZING = ((condpdiff.finetune, "encode"), (condpdiff.finetune, "token_lengths"), (condpdiff.evaluation, "encode"))
+# functions timed by wrapping them: the tokenizer calls the stages make (each batch's encoding, and collect's one
+# pass over the train set), every backward pass, and the metric computation of a scoring
+WRAPPED = (("tokenize", condpdiff.finetune, "encode"), ("tokenize", condpdiff.finetune, "token_lengths"),
+           ("tokenize", condpdiff.evaluation, "encode"), ("backward", torch.Tensor, "backward"),
+           ("score", condpdiff.evaluation, "compute_metrics"))
 STAGES = ("prepare", "collect", "headonly", "gather", "normalize", "autoencoder", "conditions", "diffusion",
           "generate", "evaluate", "report", "register")
 
 
 @contextmanager
 def split_timer(model):
-    """Seconds spent tokenizing (the stages' `encode`), in the model's forward and in optimizer steps."""
-    spent = {"tokenize": 0.0, "forward": 0.0, "optimizer": 0.0}
+    """Seconds spent tokenizing (the stages' `encode`), in the model's forward, in backward passes, in optimizer
+    steps and computing metrics."""
+    spent = {"tokenize": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0, "score": 0.0}
     marks = {}
-    originals = {(module, name): getattr(module, name) for module, name in TOKENIZING}
+    originals = {(key, owner, name): getattr(owner, name) for key, owner, name in WRAPPED}
 
-    def timed(function):
+    def timed(key, function):
         def call(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                spent["tokenize"] += time.perf_counter() - start
+                spent[key] += time.perf_counter() - start
         return call
 
     def mark(key):
@@ -57,15 +62,18 @@ def split_timer(model):
     handles = [model.register_forward_pre_hook(mark("forward")), model.register_forward_hook(add("forward", "forward")),
                register_optimizer_step_pre_hook(mark("optimizer")),
                register_optimizer_step_post_hook(add("optimizer", "optimizer"))]
-    for (module, name), function in originals.items():
-        setattr(module, name, timed(function))
+    for (key, owner, name), function in originals.items():
+        setattr(owner, name, timed(key, function))
     try:
         yield spent
     finally:
-        for (module, name), function in originals.items():
-            setattr(module, name, function)
+        for (_, owner, name), function in originals.items():
+            setattr(owner, name, function)
         for handle in handles:
             handle.remove()
+
+
+PARTS = ("tokenize", "forward", "backward", "optimizer", "score", "rest")
 
 
 def shares(spent: dict, total: float) -> dict:
@@ -116,10 +124,11 @@ def render(result: dict) -> str:
         lines.append(f"| {stage} | {seconds / 60:.1f} | {seconds / total:.0%} |")
     lines += [f"| all | {total / 60:.1f} | |", "",
               f"Inside the stages ({result['task']}): where the time goes", "",
-              "| part | tokenize | forward | optimizer | rest (backward, batching) | seconds |", "|---|---|---|---|---|---|"]
+              "| part | tokenize | forward | backward | optimizer | metric | rest (batching, loop) | seconds |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, key in ((f"collect, {result['collect_steps']} fine-tuning steps", "collect_split"),
                       (f"evaluate, one select scoring ({result['select_examples']} examples)", "evaluate_split")):
         split = result[key]
-        lines.append(f"| {name} | {split['tokenize']:.0%} | {split['forward']:.0%} | {split['optimizer']:.0%} | "
-                     f"{split['rest']:.0%} | {split['seconds']:.1f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{split.get(part, 0.0):.0%}" for part in PARTS)
+                     + f" | {split['seconds']:.1f} |")
     return "\n".join(lines)

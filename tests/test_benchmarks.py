@@ -1,13 +1,18 @@
 """The benchmark code runs and its tables say what the numbers say; no test asserts on a time."""
 import json
+import math
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import condpdiff.evaluation  # noqa: E402
+import pipeline_profile  # noqa: E402
 import run as bench_run  # noqa: E402
 import sampler_quality  # noqa: E402
 import scaling  # noqa: E402
@@ -39,7 +44,7 @@ def test_the_machine_record_names_its_load():
 def test_a_scaling_worker_measures_and_the_cap_stops_one_that_grows():
     params = str(REPO / "profiles" / "tiny.yaml")
     row = scaling.measure("autoencoder", 3000, rows=8, steps=1, repeats=3, params_file=params, cap_gib=8.0)
-    assert row["step_seconds"] > 0 and row["parameters"] > 0 and len(row["runs"]) == 3
+    assert math.isfinite(row["step_seconds"]) and row["parameters"] > 0 and len(row["runs"]) == 3
     assert row["peak_gib"] >= row["baseline_gib"] > 0.05
     # the mean predictor's output layer at 2M entries needs 4 GiB for its weights alone; the imports fit in 2
     capped = scaling.measure("mean_predictor", 2_000_000, rows=8, steps=1, repeats=3, params_file=params, cap_gib=2.0)
@@ -47,6 +52,21 @@ def test_a_scaling_worker_measures_and_the_cap_stops_one_that_grows():
     table = scaling.render({"rows_of_data": 8, "cap_gib": 2.0, "steps_per_timing": 1, "memory_gib": 24.0,
                             "results": [{"layout": "x", **row}, {"layout": "y", **capped}]})
     assert "over the 2.0 GiB cap" in table
+
+
+def test_the_profile_counts_each_part_where_it_happens_and_unwraps_after():
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    backward = torch.Tensor.backward
+    with pipeline_profile.split_timer(model) as spent:
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        optimizer.step()
+        condpdiff.evaluation.compute_metrics("sst2", np.array([0, 1]), np.array([0, 1]))
+    counted = {part for part, seconds in spent.items() if seconds > 0}
+    assert counted == {"forward", "backward", "optimizer", "score"}  # nothing was tokenized
+    assert torch.Tensor.backward is backward
+    split = pipeline_profile.shares(spent, total=sum(spent.values()) * 2)
+    assert split["rest"] == pytest.approx(0.5) and set(pipeline_profile.PARTS) <= set(split)
 
 
 def test_growth_is_read_from_the_slopes():
