@@ -1,7 +1,8 @@
 """Time to an adapter: generating one against fine-tuning one to the same `select` score.
 
-Generation, defined exactly: K adapters from a condition to PEFT folders on disk (sampling, decoding,
-de-normalizing and writing included; the PEFT model is built once, as a serving process holds it), for
+Generation, defined exactly: K adapters from a condition to PEFT folders on disk (encoding the condition's
+text, sampling, decoding, de-normalizing and writing included; the text encoder, the generator and the PEFT
+model are loaded once, as a serving process holds them), for
 DDIM-k and DDPM-1000, K = 1 unbatched and K = 10, 100 batched. Fine-tuning: the collect stage's schedule
 on the same task, from the same initialisation, until its `select` score is within 0.5 of the generated
 adapter's (checked every `every` steps; the checks' own time is not counted), or its whole schedule.
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 
 from common import conditions, generator_files, median_seconds
-from condpdiff.artifacts import LAYOUTS, split_file
+from condpdiff.artifacts import CONDITION_TEXTS, LAYOUTS, split_file
+from condpdiff.conditions import make_text_encoder
 from condpdiff.config import params_hash
 from condpdiff.evaluation import predict, task_scorer
 from condpdiff.finetune import finetune_and_collect
@@ -76,7 +79,11 @@ def run(params, outputs: Path, task: str, repeats: int, finetune_repeats: int, e
     layouts, _, num_labels = read_layouts(outputs / "corpus" / LAYOUTS)
     generator = load_generator(generator_files(outputs))
     position = params.data.tasks.index(task)
-    condition = conditions(outputs)[position]
+    text = json.loads((outputs / "conditions" / CONDITION_TEXTS).read_text())["texts"][task]
+    encoder = make_text_encoder(params.conditions, params.base)
+    if not torch.allclose(encoder.encode([text])[0], conditions(outputs)[position], atol=1e-4):
+        raise ValueError(f"{task}'s condition text does not encode to the conditions stage's vector: "
+                         "re-run `dvc repro conditions`")
     layout = layouts[task]
     model = build_peft_model(params.base, params.lora, num_labels[task], params.seed)
     tokenizer = load_tokenizer(params.base)
@@ -86,6 +93,7 @@ def run(params, outputs: Path, task: str, repeats: int, finetune_repeats: int, e
 
     def to_disk(sampler: str, steps: int, samples: int):
         with tempfile.TemporaryDirectory() as folder:
+            condition = encoder.encode([text])[0]
             vectors = generator.generate(condition, position, layout.length, samples, sampler, steps, seed=0)
             for k, vector in enumerate(vectors):
                 write_adapter(model, vector, layout, Path(folder) / f"adapter_{k:03d}")
@@ -97,7 +105,7 @@ def run(params, outputs: Path, task: str, repeats: int, finetune_repeats: int, e
         timing = median_seconds(lambda: to_disk(sampler, steps, 1), repeats)
         score = scorer.headline(to_disk(sampler, steps, 1)[0], select)
         generation.append({"sampler": sampler, "steps": steps, "samples": 1, "seconds": timing["median"],
-                           "runs": timing["runs"], "select": score})
+                           "runs": timing["runs"], "select": score, "stage": (sampler, steps) == stage})
         print(f"{sampler}-{steps} K=1: {timing['median']:.3f} s, select {score:.2f}")
     batched = []
     for sampler, steps in (("ddim", 50), ("ddpm", 1000)):
@@ -136,7 +144,8 @@ def render(result: dict) -> str:
              f"counted) to select >= {result['target_select'] - result['margin']:.2f} (the default sampler's adapter "
              f"{result['target_select']:.2f} minus {result['margin']}): **{finetune['seconds']:.1f} s**, {outcome} "
              f"(median of {len(finetune['runs'])}).", "",
-             "| sampler | K | seconds (median of 3) | per adapter | fine-tune / generate | select (K = 1) |",
+             f"| sampler | K | seconds (median of {len(result['generation'][0]['runs'])}) | per adapter | "
+             "fine-tune / generate | select (K = 1) |",
              "|---|---|---|---|---|---|"]
     for row in result["generation"] + result["batched"]:
         per = row["seconds"] / row["samples"]
@@ -148,11 +157,13 @@ def render(result: dict) -> str:
         tasks = sum(k.startswith("collect_") for k in training)
         corpus = sum(v for k, v in training.items() if k.startswith("collect_"))
         generator = sum(v for k, v in training.items() if not k.startswith("collect_"))
-        saved = finetune["seconds"] - min(row["seconds"] for row in result["generation"])
+        stage = next(row for row in result["generation"] if row.get("stage"))
+        saved = finetune["seconds"] - stage["seconds"]
         lines += ["", f"**Break-even.** Collecting the corpora took {corpus / 60:.1f} min ({tasks} tasks) and training "
                   f"the generator on them (gather to diffusion) {generator / 60:.1f} min: {(corpus + generator) / 60:.1f}"
                   f" min in all. A task with a corpus was fine-tuned to make it, so generating its adapter saves "
-                  f"nothing. A task without one saves {saved:.0f} s of fine-tuning per adapter, so the generator "
+                  f"nothing. A task without one saves {saved:.0f} s of fine-tuning per adapter (the default sampler, "
+                  f"{stage['sampler'].upper()}-{stage['steps']}), so the generator "
                   f"pays for itself after {(corpus + generator) / saved:,.0f} such tasks ({generator / saved:,.0f} "
                   f"if the corpora existed anyway)"]
         unseen = result.get("unseen_tasks_eval")
