@@ -109,3 +109,19 @@ def test_loss_series_come_from_the_newest_finished_run_of_each_stage(tmp_path):
     rows = read_csv(tmp_path / "autoencoder.csv")
     assert list(rows[0]) == ["run_id", "step", "ae_train_mse"]  # the loss last: dvc plots' default y
     assert [float(r["ae_train_mse"]) for r in rows] == [2.0, 1.0]
+
+
+def test_a_loss_series_of_another_configuration_is_named(tmp_path):
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("configurations")
+    runs = {}
+    for name, tags, value in (("mine", {"stage": "autoencoder", "pipeline_id": "p1"}, 3.0),
+                              ("newer", {"stage": "autoencoder", "pipeline_id": "p0"}, 4.0),
+                              ("collect", {"stage": "collect", "task": "sst2", "pipeline_id": "p0"}, 0.7)):
+        runs[name] = client.create_run(experiment, tags=tags).info.run_id
+        client.log_metric(runs[name], "train_loss" if name == "collect" else "ae_train_mse", value, step=1)
+        client.set_terminated(runs[name])
+    said = []
+    export_losses(client, experiment, ["sst2"], tmp_path, "p1", log=said.append)
+    assert [float(r["ae_train_mse"]) for r in read_csv(tmp_path / "autoencoder.csv")] == [3.0]
+    assert said == [f"losses: collect_sst2 comes from run {runs['collect']}, of another configuration than this one"]

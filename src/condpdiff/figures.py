@@ -284,10 +284,11 @@ LOSSES = {"autoencoder": ("ae_train_mse",), "diffusion": ("diffusion_train_loss"
 
 
 def export_losses(client, experiment_id: str, tasks: list[str], out: Path,
-                  pipeline_id: str | None = None) -> list[Path]:
+                  pipeline_id: str | None = None, log=print) -> list[Path]:
     """The training-loss series of the newest finished run of each training stage (collect: per task; runs of
     `pipeline_id` first) as `<out>/<series>.csv` (run_id, step, the loss: last, where `dvc plots` looks).
-    A stage without a run is skipped."""
+    A stage without a run is skipped; a series from a run of another configuration is named in the log
+    (a stage this configuration did not re-run, or one whose recipe changed and was not re-run here)."""
 
     def newest(stage: str, **tags: str):
         return newest_finished_run(client, experiment_id, stage, pipeline_id, **tags)
@@ -298,6 +299,8 @@ def export_losses(client, experiment_id: str, tasks: list[str], out: Path,
     for name, run, key in series:
         if run is None:
             continue
+        if pipeline_id and run.data.tags.get("pipeline_id") != pipeline_id:
+            log(f"losses: {name} comes from run {run.info.run_id}, of another configuration than this one")
         history = client.get_metric_history(run.info.run_id, key)
         if not history:
             continue
