@@ -229,8 +229,8 @@ def test_study_and_leave_one_task_out_run_on_the_tiny_corpus(tiny_repo):
     folds = {f["held_out"]: f for f in json.loads((tiny_repo / "outputs" / "study" / "loto.json").read_text())["folds"]}
     assert folds["sst2"]["head"].startswith("head-only") and folds["stsb"]["head"].startswith("head-only")
     for fold in folds.values():
-        assert set(fold["scores"]) == {"generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only",
-                                       "original"} and _finite(fold["scores"])
+        assert set(fold["scores"]) == {"generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup",
+                                       "weighted_soups", "head_only", "base", "original"} and _finite(fold["scores"])
     runs = mlflow.MlflowClient(_store(tiny_repo)).search_runs(
         [mlflow.MlflowClient(_store(tiny_repo)).get_experiment_by_name("condpdiff").experiment_id],
         "tags.stage = 'loto'")

@@ -333,7 +333,8 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
     a mix of the soups weighted by clipped cosine similarity (the head of each only from tasks whose head
     has this task's shape; when the nearest task's head has another shape, the mean of the same-shape
     tasks' heads); and, as references that read the task's
-    own data, the head trained alone (LoRA off) and the task's best original (the upper bound).
+    own data, the head trained alone (LoRA off), the best original's head with its LoRA zeroed (base) and
+    the task's best original (the upper bound).
     A held-out task whose head has another shape than every training task's (STS-B: one output) keeps
     the generated LoRA with the head-only head, and the table says so.
     """
@@ -388,6 +389,7 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
     originals = json.loads((corpus_dir / ORIGINALS).read_text())
     seed = generation_seed(params.seed, tasks.index(held_out))
     centre = generator.condition_mean(target)
+    original = corpus[originals[held_out]["best_index"]]
     candidates = {
         "generated": fit(generator.generate(target, None, padded_length, params.generate.samples,
                                             params.generate.sampler.value, params.generate.inference_steps,
@@ -398,7 +400,8 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
         "nearest_soup": fit(mix(nearest)),
         "weighted_soups": fit(mix(clipped if clipped.sum() > 0 else torch.ones(len(seen)))),
         "head_only": head[None],
-        "original": corpus[originals[held_out]["best_index"]][None],
+        "base": torch.where(lora_mask, torch.zeros_like(original), original)[None],
+        "original": original[None],
     }
     scores = {}
     for name, vectors in candidates.items():
@@ -413,7 +416,8 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
             "generated_to_own_soup": (candidates["generated"] - corpus.mean(dim=0)).norm(dim=1).median().item()}
 
 
-LOTO_ROWS = ("generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only", "original")
+LOTO_ROWS = ("generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only",
+             "base", "original")
 
 
 def render_loto_table(folds: list[dict]) -> str:
@@ -429,4 +433,6 @@ def render_loto_table(folds: list[dict]) -> str:
     for fold in folds:
         lines.append(f"| {fold['held_out']} | {fold['head']} | {fold['nearest_task']} | "
                      + " | ".join(f"{fold['scores'][r]['select_best']:.2f}" for r in LOTO_ROWS) + " |")
+    lines.append("| average | | | " + " | ".join(
+        f"{np.mean([f['scores'][r]['select_best'] for f in folds]):.2f}" for r in LOTO_ROWS) + " |")
     return "\n".join(lines) + "\n"
