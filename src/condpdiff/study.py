@@ -416,8 +416,8 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
             "generated_to_own_soup": (candidates["generated"] - corpus.mean(dim=0)).norm(dim=1).median().item()}
 
 
-LOTO_ROWS = ("generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups", "head_only",
-             "base", "original")
+LOTO_ROWS = ("generated", "no_diffusion", "condition_mean", "mean_of_soups", "nearest_soup", "weighted_soups",
+             "head_only", "base", "original")
 
 
 def render_loto_table(folds: list[dict]) -> str:
