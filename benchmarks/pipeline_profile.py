@@ -129,6 +129,6 @@ def render(result: dict) -> str:
     for name, key in ((f"collect, {result['collect_steps']} fine-tuning steps", "collect_split"),
                       (f"evaluate, one select scoring ({result['select_examples']} examples)", "evaluate_split")):
         split = result[key]
-        lines.append(f"| {name} | " + " | ".join(f"{split.get(part, 0.0):.0%}" for part in PARTS)
+        lines.append(f"| {name} | " + " | ".join(f"{split[part]:.0%}" for part in PARTS)
                      + f" | {split['seconds']:.1f} |")
     return "\n".join(lines)
