@@ -14,6 +14,11 @@ from condpdiff.glue import Example, headline
 METHODS = ("generated", "original", "soup", "no_diffusion", "head_only", "base")
 
 
+def base_vector(vector: torch.Tensor, lora_mask: torch.Tensor) -> torch.Tensor:
+    """The vector with its LoRA part zeroed: the base model under the vector's head."""
+    return torch.where(lora_mask, torch.zeros_like(vector), vector)
+
+
 def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated: torch.Tensor,
                  wrong: torch.Tensor, wrong_task: str, trivial: torch.Tensor, head_only: torch.Tensor,
                  select: list[Example], evaluation: list[Example], score_all_on_eval: bool) -> dict:
@@ -29,7 +34,7 @@ def compare_task(scorer: Scorer, corpus: torch.Tensor, original: dict, generated
     trivial_k, trivial_select = scorer.best_on_select(tqdm(trivial, desc=f"{task} no diffusion", leave=False), select)
     best_original = corpus[original["best_index"]]
     soup = corpus.mean(dim=0)
-    base = torch.where(scorer.layout.lora_mask(), torch.zeros_like(best_original), best_original)  # head, no LoRA
+    base = base_vector(best_original, scorer.layout.lora_mask())
     chosen = {"generated": generated[best_k], "original": best_original, "soup": soup,
               "no_diffusion": trivial[trivial_k], "head_only": head_only, "base": base}
     eval_scores = {name: scorer.metrics(vector, evaluation) for name, vector in chosen.items()}

@@ -29,6 +29,7 @@ import torch
 from condpdiff.artifacts import LAYOUTS, ORIGINALS, split_file, task_corpus_file
 from condpdiff.autoencoder import encode_latents
 from condpdiff.baselines import head_only
+from condpdiff.comparison import base_vector
 from condpdiff.conditions import (build_conditions, held_out_texts, make_text_encoder, read_descriptions,
                                   read_rewordings)
 from condpdiff.config import ConditionType, Norm, Params
@@ -204,7 +205,7 @@ def run_study(params: Params, tasks: list[str], prepared, corpus_dir, scored: in
             score("mean", centre[None])
         if baselines:
             score("head_only", head_only(params, scorer, train[task], init)[None])
-            score("base", torch.where(lora_mask, torch.zeros_like(head), head)[None])
+            score("base", base_vector(head, lora_mask)[None])
         if held_out is not None:
             texts = held_out_texts(params.conditions, entries[task], task, held_out[task], train[task], params.seed)
             values = []
@@ -400,7 +401,7 @@ def run_fold(params: Params, tasks: list[str], held_out: str, prepared: Path, co
         "nearest_soup": fit(mix(nearest)),
         "weighted_soups": fit(mix(clipped if clipped.sum() > 0 else torch.ones(len(seen)))),
         "head_only": head[None],
-        "base": torch.where(lora_mask, torch.zeros_like(original), original)[None],
+        "base": base_vector(original, lora_mask)[None],
         "original": original[None],
     }
     scores = {}
