@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from condpdiff.ablation import Variant, _apply
+from condpdiff.ablation import Variant, paper_protocol
 from condpdiff.conditions import bank_texts, condition_text, draw_seed, read_descriptions
 from condpdiff.config import check_params, load_params
 from condpdiff.glue import Example
@@ -49,7 +49,7 @@ def test_generation_and_the_paper_protocol_keep_the_examples():
     train = {task: TRAIN for task in tasks}
     per_task = params.conditions.wordings * params.conditions.draws
     assert all(" Example: " in text for text in bank_texts(params.conditions, tasks, train, seed=0)[::per_task])
-    protocol = _apply(params, Variant())
+    protocol = paper_protocol(params, Variant())
     check_params(protocol)
     assert all(" Example: " in text for text in bank_texts(protocol.conditions, tasks, train, seed=0))
 

@@ -49,7 +49,7 @@ def parse_layers(text: str) -> range:
     return range(int(match[1]), int(match[2]) + 1)
 
 
-def _apply(params: Params, variant: Variant) -> Params:
+def paper_protocol(params: Params, variant: Variant) -> Params:
     """The paper's grids run under the paper's protocol, whatever the default: task norm and one
     description per task (condition-only generation is measured by `python -m condpdiff study`);
     the variant then changes one thing."""
@@ -83,7 +83,7 @@ def _keys(params: Params, variant: Variant, tasks: list[str], prepared: Path, co
     code is never reused after it.
     """
     n, layers = _canonical(variant, tasks, corpus_dir)
-    params = _apply(params, variant)
+    params = paper_protocol(params, variant)
     corpus_files = [corpus_dir / LAYOUTS, *(task_corpus_file(corpus_dir, t) for t in tasks)]
     corpus = _digest(*[path.read_bytes() for path in corpus_files])
     code = _digest(*[path.read_bytes() for path in sorted(Path(__file__).parent.glob("*.py"))])
@@ -116,7 +116,7 @@ def run_variant(params: Params, variant: Variant, tasks: list[str], prepared: Pa
                 score_eval: bool = True, autoencoder_file: Path | None = None) -> dict[str, dict[str, float]]:
     """Train a generator on `tasks` under `variant`; per task, the generated adapter that is best on
     `select` and its `eval` score. An `autoencoder_file` is reused when it exists, written when not."""
-    params = _apply(params, variant)
+    params = paper_protocol(params, variant)
     layouts, padded_length, _ = read_layouts(corpus_dir / LAYOUTS)
     unknown = [t for t in tasks if t not in layouts]
     if unknown:
