@@ -32,6 +32,8 @@ from condpdiff.tracking import newest_finished_run, setup_experiment
 WRAPPED = (("tokenize", condpdiff.finetune, "encode"), ("tokenize", condpdiff.finetune, "token_lengths"),
            ("tokenize", condpdiff.evaluation, "encode"), ("backward", torch.Tensor, "backward"),
            ("score", condpdiff.evaluation, "compute_metrics"))
+# the parts a split reports: the timed ones, then whatever the stage spent outside them
+PARTS = ("tokenize", "forward", "backward", "optimizer", "score", "rest")
 STAGES = ("prepare", "collect", "headonly", "gather", "normalize", "autoencoder", "conditions", "diffusion",
           "generate", "evaluate", "report", "register")
 
@@ -40,7 +42,7 @@ STAGES = ("prepare", "collect", "headonly", "gather", "normalize", "autoencoder"
 def split_timer(model):
     """Seconds spent tokenizing (the stages' `encode`), in the model's forward, in backward passes, in optimizer
     steps and computing metrics."""
-    spent = {"tokenize": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0, "score": 0.0}
+    spent = {part: 0.0 for part in PARTS if part != "rest"}
     marks = {}
     originals = {(key, owner, name): getattr(owner, name) for key, owner, name in WRAPPED}
 
@@ -71,9 +73,6 @@ def split_timer(model):
             setattr(owner, name, function)
         for handle in handles:
             handle.remove()
-
-
-PARTS = ("tokenize", "forward", "backward", "optimizer", "score", "rest")
 
 
 def shares(spent: dict, total: float) -> dict:
